@@ -1,0 +1,336 @@
+"""ONNX -> Lepton IR, with every check a hostile or broken file needs.
+
+Order: parse -> version/opset/domain checks -> structural checks on the protobuf (clear,
+named errors: duplicates, undefined inputs, cycles; nodes sorted) -> external data checked
+(never read) -> local functions inlined -> onnx checker -> strict shape inference -> IR.
+Nothing is ever written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnx.inliner
+from google.protobuf.message import DecodeError
+
+from lepton_ir.core import Attr, Graph, Node, Value
+from lepton_ir.errors import InvalidModelError, ModelLoadError, UnsupportedModelError
+from lepton_ir.external import resolve_external
+from lepton_ir.structure import check_and_sort
+from lepton_ir.tensor import Tensor
+from lepton_ir.types import Shape, dtype_bits
+
+#: Operator-set domains Lepton takes (besides domains of the model's own functions).
+KNOWN_DOMAINS = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": 5, "com.microsoft": 1, "lepton": 1}
+MIN_IR_VERSION = 3
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+
+def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
+    """Import a model from a path, bytes or ModelProto into a verified `Graph`.
+
+    External data is resolved relative to the model file's folder (or `base_dir` for bytes
+    and protos) and is read lazily, only when a tensor's value is needed.
+    """
+    model, base_dir = _parse(source, base_dir)
+    _check_versions(model)
+    _check_value_types(model.graph)
+    sorted_nodes = check_and_sort(model.graph)
+    del model.graph.node[:]
+    model.graph.node.extend(sorted_nodes)
+    regions = _check_tensors(model, base_dir)
+    if model.functions:
+        model = _inline(model)
+    _run_checker(model)
+    model = _infer_shapes(model)
+    graph = _Builder(regions).build_model(model)
+    from lepton_ir.verifier import verify
+
+    verify(graph)
+    return graph
+
+
+def _parse(source: ModelSource, base_dir: str | None) -> tuple[onnx.ModelProto, str | None]:
+    if isinstance(source, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(source)
+        what = "the ModelProto"
+    elif isinstance(source, bytes | bytearray | memoryview):
+        model = _parse_bytes(bytes(source), "the given bytes")
+        what = "the given bytes"
+    elif isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise ModelLoadError(f"model file {path!r} does not exist")
+        if not os.path.isfile(path):
+            raise ModelLoadError(f"{path!r} is not a file")
+        with open(path, "rb") as f:
+            data = f.read()
+        model = _parse_bytes(data, f"model file {path!r}")
+        what = f"model file {path!r}"
+        if base_dir is None:
+            base_dir = os.path.dirname(os.path.abspath(path))
+    else:
+        raise ModelLoadError(f"cannot load a model from {type(source).__name__}; give a path, bytes or onnx.ModelProto")
+    if not model.HasField("graph") or model.ir_version == 0:
+        raise ModelLoadError(f"{what} is not an ONNX model (no graph or no ir_version); is it truncated or another format?")
+    return model, base_dir
+
+
+def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelLoadError(f"{what} is empty (0 bytes)")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{what} is not a valid ONNX protobuf ({len(data)} bytes; truncated or not ONNX): {e}") from None
+    return model
+
+
+def _check_versions(model: onnx.ModelProto) -> None:
+    if not MIN_IR_VERSION <= model.ir_version <= onnx.IR_VERSION:
+        raise UnsupportedModelError(
+            f"model IR version {model.ir_version} is not supported (Lepton takes {MIN_IR_VERSION}..{onnx.IR_VERSION}); "
+            "re-export the model with a current exporter"
+        )
+    function_domains = {f.domain for f in model.functions}
+    for imp in model.opset_import:
+        domain = "" if imp.domain == "ai.onnx" else imp.domain
+        if domain in function_domains:
+            continue
+        if domain not in KNOWN_DOMAINS:
+            raise UnsupportedModelError(
+                f"operator domain {imp.domain!r} (version {imp.version}) is not supported; "
+                f"supported domains: {sorted(d or 'ai.onnx' for d in KNOWN_DOMAINS)}"
+            )
+        if imp.version > KNOWN_DOMAINS[domain] or imp.version < 1:
+            raise UnsupportedModelError(
+                f"opset {imp.version} of domain {imp.domain or 'ai.onnx'!r} is not supported "
+                f"(Lepton takes 1..{KNOWN_DOMAINS[domain]}); convert the model to a supported opset"
+            )
+    imported = {"" if i.domain == "ai.onnx" else i.domain for i in model.opset_import}
+    bad = [
+        f"{n.name or '<unnamed>'} ({n.domain}::{n.op_type})"
+        for n in _all_node_protos(model.graph)
+        if ("" if n.domain == "ai.onnx" else n.domain) not in imported
+    ]
+    if bad:
+        raise UnsupportedModelError(f"nodes use operator domains the model does not import: {', '.join(bad[:20])}")
+
+
+def _check_value_types(graph: onnx.GraphProto) -> None:
+    for vi in list(graph.input) + list(graph.output):
+        kind = vi.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise UnsupportedModelError(
+                f"graph {'input' if vi in graph.input else 'output'} {vi.name!r} has {kind or 'no'} type; "
+                "Lepton compiles tensor inputs and outputs only (no sequence, map, optional or sparse types)"
+            )
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+            raise UnsupportedModelError(f"graph input/output {vi.name!r} is a string tensor; string tensors are not supported")
+
+
+def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_graphs(g)
+
+
+def _all_node_protos(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    for g in _all_graphs(graph):
+        yield from g.node
+
+
+def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for g in _all_graphs(model.graph):
+        yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    yield from a.tensors
+
+
+def _check_tensors(model: onnx.ModelProto, base_dir: str | None) -> dict[int, object]:
+    """Check every tensor's data size; resolve external data. Returns regions keyed by proto id."""
+    regions: dict[int, object] = {}
+    for t in _all_tensor_protos(model):
+        if any(d < 0 for d in t.dims):
+            raise InvalidModelError(f"tensor {t.name!r} has a negative dimension {list(t.dims)}")
+        if t.data_type == onnx.TensorProto.UNDEFINED or t.data_type not in onnx.TensorProto.DataType.values():
+            raise InvalidModelError(f"tensor {t.name!r} has an undefined data type ({t.data_type})")
+        if t.data_type == onnx.TensorProto.STRING:
+            continue
+        size = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        nbytes = (size * dtype_bits(t.data_type) + 7) // 8
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            regions[id(t)] = resolve_external(t, base_dir, nbytes)
+        elif t.HasField("raw_data"):
+            if len(t.raw_data) != nbytes:
+                raise InvalidModelError(
+                    f"tensor {t.name!r} declares shape {list(t.dims)} ({nbytes} bytes) but holds {len(t.raw_data)} bytes"
+                )
+        else:
+            field = onnx.helper.tensor_dtype_to_field(t.data_type)
+            count = len(getattr(t, field))
+            if count not in (size, (size + 1) // 2, 2 * size):  # plain, packed 4-bit, complex
+                raise InvalidModelError(f"tensor {t.name!r} declares shape {list(t.dims)} ({size} elements) but holds {count} values")
+    return regions
+
+
+def _inline(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.inliner.inline_local_functions(model)
+    except Exception as e:  # noqa: BLE001 - the inliner raises bare C++ errors
+        raise InvalidModelError(f"cannot inline the model's local functions: {e}") from None
+
+
+def _run_checker(model: onnx.ModelProto) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        raise InvalidModelError(f"the ONNX checker rejects the model: {_first_line(e)}") from None
+
+
+def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
+        raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _shape_of(t: onnx.TypeProto) -> tuple[int | None, Shape]:
+    if t.WhichOneof("value") != "tensor_type":
+        return None, None
+    tt = t.tensor_type
+    dtype = tt.elem_type or None
+    if not tt.HasField("shape"):
+        return dtype, None
+    dims: list[int | str | None] = []
+    for d in tt.shape.dim:
+        which = d.WhichOneof("value")
+        dims.append(d.dim_value if which == "dim_value" else d.dim_param if which == "dim_param" else None)
+    return dtype, tuple(dims)
+
+
+class _Builder:
+    """Builds IR graphs from checked, sorted, shape-inferred protos."""
+
+    def __init__(self, regions: dict[int, object]) -> None:
+        self.regions = regions
+        self.types: dict[str, onnx.TypeProto] = {}
+        self.names: set[str] = set()  # every name in the model; shared by all graphs built
+        self.node_names: set[str] = set()
+
+    def tensor(self, t: onnx.TensorProto) -> Tensor:
+        return Tensor.from_proto(t, self.regions.get(id(t)))  # type: ignore[arg-type]
+
+    def build_model(self, model: onnx.ModelProto) -> Graph:
+        opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
+        for g in _all_graphs(model.graph):
+            self.names.update(v.name for v in g.input)
+            self.names.update(t.name for t in g.initializer)
+            for n in g.node:
+                self.names.add(n.name)
+                self.names.update(n.output)
+        graph = self.build_graph(model.graph, scope=[])
+        graph.opset_imports = opsets
+        graph.ir_version = model.ir_version
+        graph.producer_name = model.producer_name
+        graph.producer_version = model.producer_version
+        graph.model_doc = model.doc_string
+        graph.metadata_props = {p.key: p.value for p in model.metadata_props}
+        return graph
+
+    def build_graph(self, gp: onnx.GraphProto, scope: list[dict[str, Value]]) -> Graph:
+        for vi in list(gp.value_info) + list(gp.output):
+            self.types.setdefault(vi.name, vi.type)
+        local: dict[str, Value] = {}
+        chain = [*scope, local]
+        graph = Graph(gp.name or "main")
+        graph._names = self.names
+        graph.doc = gp.doc_string
+        for t in gp.initializer:
+            v = Value(t.name, t.data_type, tuple(t.dims), const_value=self.tensor(t))
+            local[t.name] = v
+            graph.add_initializer(v)
+        for vi in gp.input:
+            if vi.name in local:
+                v = local[vi.name]  # an initializer that is also an (overridable) input
+            else:
+                dtype, shape = _shape_of(vi.type)
+                v = Value(vi.name, dtype, shape)
+                local[vi.name] = v
+            graph.inputs.append(v)
+        for np_ in gp.node:
+            node = self.build_node(np_, chain)
+            if not node.name or node.name in self.node_names:
+                node.name = graph.fresh_name(node.name or np_.op_type.lower())
+            self.node_names.add(node.name)
+            omitted = [o for o in node.outputs if not o.name]
+            graph.append(node)
+            for o in omitted:
+                o.name = ""  # an omitted optional output stays omitted on export
+            for o in node.outputs:
+                if o.name:
+                    local[o.name] = o
+        for vi in gp.output:
+            v = self.lookup(vi.name, chain)
+            dtype, shape = _shape_of(vi.type)
+            if v.dtype is None:
+                v.dtype = dtype
+            if shape is not None and v.shape is None:
+                v.shape = shape
+            graph.outputs.append(v)
+        return graph
+
+    def lookup(self, name: str, chain: list[dict[str, Value]]) -> Value:
+        for scope in reversed(chain):
+            if name in scope:
+                return scope[name]
+        raise InvalidModelError(f"value {name!r} is used but never defined")  # structure check makes this unreachable
+
+    def build_node(self, np_: onnx.NodeProto, chain: list[dict[str, Value]]) -> Node:
+        inputs = [self.lookup(n, chain) if n else None for n in np_.input]
+        outputs = []
+        for name in np_.output:
+            dtype, shape = _shape_of(self.types[name]) if name in self.types else (None, None)
+            outputs.append(Value(name, dtype, shape))
+        attrs = {a.name: self.attr(a, chain) for a in np_.attribute}
+        node = Node(np_.domain, np_.op_type, inputs, attrs, outputs=outputs, name=np_.name)
+        node.overload = np_.overload
+        node.doc = np_.doc_string
+        return node
+
+    def attr(self, a: onnx.AttributeProto, chain: list[dict[str, Value]]) -> Attr:
+        A = onnx.AttributeProto
+        if a.ref_attr_name:
+            raise UnsupportedModelError(f"attribute {a.name!r} refers to a function attribute outside a function")
+        if a.type == A.TENSOR:
+            return Attr(a.type, self.tensor(a.t))
+        if a.type == A.TENSORS:
+            return Attr(a.type, [self.tensor(t) for t in a.tensors])
+        if a.type == A.GRAPH:
+            return Attr(a.type, self.build_graph(a.g, chain))
+        if a.type == A.GRAPHS:
+            return Attr(a.type, [self.build_graph(g, chain) for g in a.graphs])
+        if a.type in (A.SPARSE_TENSOR, A.SPARSE_TENSORS, A.TYPE_PROTO, A.TYPE_PROTOS):
+            raw = A()
+            raw.CopyFrom(a)
+            return Attr(a.type, raw)
+        return Attr(a.type, onnx.helper.get_attribute_value(a))

@@ -1,0 +1,145 @@
+"""IR invariant checks: topological order, unique names, two-way use lists, defined inputs, op schemas."""
+
+from __future__ import annotations
+
+import heapq
+
+import onnx
+
+from lepton_ir.core import Graph, Node, Value
+from lepton_ir.errors import IRError
+
+_SCHEMA_DOMAINS = {"", "ai.onnx.ml"}
+
+
+def verify(graph: Graph) -> None:
+    """Raise `IRError` describing the first broken invariant of `graph` (and its subgraphs)."""
+    names: dict[str, str] = {}
+    node_names: set[str] = set()
+    _verify_graph(graph, graph.opset_imports, outer=set(), names=names, node_names=node_names)
+
+
+def _claim(names: dict[str, str], name: str, what: str) -> None:
+    if not name:
+        return
+    if name in names and names[name] != what:
+        raise IRError(f"value name {name!r} is used twice ({names[name]} and {what})")
+    names[name] = what
+
+
+def _verify_graph(
+    graph: Graph, opsets: dict[str, int], outer: set[int], names: dict[str, str], node_names: set[str]
+) -> None:
+    defined: set[int] = set(outer)
+    for v in graph.initializers.values():
+        if v.const_value is None:
+            raise IRError(f"initializer {v.name!r} has no value")
+        if v.producer is not None:
+            raise IRError(f"initializer {v.name!r} also has a producer node")
+        _claim(names, v.name, f"initializer of {graph.name}")
+        defined.add(id(v))
+    for v in graph.inputs:
+        if v.producer is not None:
+            raise IRError(f"graph input {v.name!r} has a producer node {v.producer.name!r}")
+        _claim(names, v.name, f"input of {graph.name}")
+        defined.add(id(v))
+    for node in graph:
+        if node.graph is not graph:
+            raise IRError(f"node {node.name!r} does not point back to graph {graph.name!r}")
+        if node.name in node_names:
+            raise IRError(f"node name {node.name!r} is used twice")
+        node_names.add(node.name)
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                continue
+            if id(v) not in defined:
+                raise IRError(
+                    f"node {node.name!r} input {i} {v.name!r} is not defined before the node (order or dangling value)"
+                )
+            if not any(n is node and j == i for n, j in v.uses):
+                raise IRError(f"value {v.name!r} lacks the use ({node.name!r}, {i})")
+        for sub in node.subgraphs():
+            if sub.parent is not node:
+                raise IRError(f"subgraph {sub.name!r} of {node.name!r} does not point back to its node")
+            _verify_graph(sub, opsets, defined, names, node_names)
+        for i, out in enumerate(node.outputs):
+            if out.producer is not node or out.output_index != i:
+                raise IRError(f"output {i} {out.name!r} of node {node.name!r} does not point back to it")
+            _claim(names, out.name, f"output of {node.name}")
+            defined.add(id(out))
+        _check_schema(node, opsets)
+    for v in graph.outputs:
+        if id(v) not in defined:
+            raise IRError(f"graph output {v.name!r} of {graph.name!r} is not defined")
+    for v in _values(graph):
+        for user, i in v.uses:
+            if user.graph is None:
+                raise IRError(f"value {v.name!r} is used by removed node {user.name!r}")
+            if i >= len(user.inputs) or user.inputs[i] is not v:
+                raise IRError(f"value {v.name!r} lists use ({user.name!r}, {i}) but that input is something else")
+
+
+def _values(graph: Graph) -> list[Value]:
+    out = list(graph.inputs) + list(graph.initializers.values())
+    for n in graph:
+        out.extend(n.outputs)
+    return out
+
+
+def _check_schema(node: Node, opsets: dict[str, int]) -> None:
+    if node.domain not in _SCHEMA_DOMAINS or node.domain not in opsets:
+        return
+    try:
+        schema = onnx.defs.get_schema(node.op_type, opsets[node.domain], node.domain)
+    except onnx.defs.SchemaError:
+        raise IRError(f"node {node.name!r}: {node.op_type} does not exist at opset {opsets[node.domain]}") from None
+    n_in = len(node.inputs)
+    if not schema.min_input <= n_in <= schema.max_input:
+        raise IRError(f"node {node.name!r} ({node.op_type}) has {n_in} inputs; schema allows {schema.min_input}..{schema.max_input}")
+    n_out = len(node.outputs)
+    if not schema.min_output <= n_out <= schema.max_output:
+        raise IRError(f"node {node.name!r} ({node.op_type}) has {n_out} outputs; schema allows {schema.min_output}..{schema.max_output}")
+    for name, a in schema.attributes.items():
+        if a.required and name not in node.attributes:
+            raise IRError(f"node {node.name!r} ({node.op_type}) lacks required attribute {name!r}")
+
+
+def topological_order(graph: Graph) -> list[Node]:
+    """A stable topological order of `graph`'s nodes (captured values of subgraphs count as inputs)."""
+    nodes = graph.nodes
+    index = {id(n): i for i, n in enumerate(nodes)}
+    deps: list[set[int]] = []
+    for n in nodes:
+        ds = set()
+        for v in _node_reads(n):
+            if v.producer is not None and id(v.producer) in index:
+                ds.add(index[id(v.producer)])
+        deps.append(ds)
+    users: list[list[int]] = [[] for _ in nodes]
+    indeg = [len(d) for d in deps]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users[d].append(i)
+    ready = [i for i, k in enumerate(indeg) if k == 0]
+    heapq.heapify(ready)
+    order: list[Node] = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for u in users[i]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        stuck = ", ".join(repr(nodes[i].name) for i, k in enumerate(indeg) if k > 0)
+        raise IRError(f"graph {graph.name!r} has a cycle through nodes {stuck}")
+    return order
+
+
+def _node_reads(node: Node) -> list[Value]:
+    out = [v for v in node.inputs if v is not None]
+    for sub in node.subgraphs():
+        for inner in sub.all_nodes():
+            out.extend(v for v in inner.inputs if v is not None)
+        out.extend(sub.outputs)
+    return out
