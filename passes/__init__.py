@@ -1,0 +1,9 @@
+"""Lepton's passes, the pass manager and the rewrite-rule engine."""
+
+from passes.base import REGISTRY, Pass, PassContext, PassResult, PipelineSyntaxError, parse_pipeline, register
+from passes.manager import IRDump, PassError, PassManager, PassRecord, PipelineResult
+
+__all__ = [
+    "REGISTRY", "IRDump", "Pass", "PassContext", "PassError", "PassManager", "PassRecord", "PassResult",
+    "PipelineResult", "PipelineSyntaxError", "parse_pipeline", "register",
+]

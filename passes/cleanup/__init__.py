@@ -1,0 +1,18 @@
+"""Cleanup passes: constant and shape folding, dead-code/identity/no-op elimination, CSE, merging.
+
+Importing this package registers every cleanup pass. `CLEANUP_PIPELINE` is the default
+order; the pass manager repeats it to a fixed point.
+"""
+
+CLEANUP_PIPELINE = ",".join(
+    [
+        "fold-constants",
+        "fold-shapes",
+        "eliminate-identity",
+        "eliminate-noop",
+        "merge-transposes",
+        "merge-reshapes",
+        "eliminate-common-subexpressions",
+        "eliminate-dead-code",
+    ]
+)
