@@ -1,8 +1,9 @@
 """ONNX -> Lepton IR, with every check a hostile or broken file needs.
 
 Order: parse -> version/opset/domain checks -> structural checks on the protobuf (clear,
-named errors: duplicates, undefined inputs, cycles; nodes sorted) -> external data checked
-(never read) -> local functions inlined -> onnx checker -> strict shape inference -> IR.
+named errors: duplicates, undefined inputs, cycles; nodes sorted) -> local functions
+inlined -> tensor sizes and external data checked (never read) -> onnx checker and strict
+shape inference on a light copy without the weights -> IR.
 Nothing is ever written.
 """
 
@@ -41,12 +42,13 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     sorted_nodes = check_and_sort(model.graph)
     del model.graph.node[:]
     model.graph.node.extend(sorted_nodes)
-    regions = _check_tensors(model, base_dir)
     if model.functions:
         model = _inline(model)
-    _run_checker(model)
-    model = _infer_shapes(model)
-    graph = _Builder(regions).build_model(model)
+    regions = _check_tensors(model, base_dir)
+    light = _light_copy(model)
+    _run_checker(light)
+    types = _infer_types(light)
+    graph = _Builder(regions, types).build_model(model)
     from lepton_ir.verifier import verify
 
     verify(graph)
@@ -202,11 +204,46 @@ def _run_checker(model: onnx.ModelProto) -> None:
         raise InvalidModelError(f"the ONNX checker rejects the model: {_first_line(e)}") from None
 
 
-def _infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Strict shape inference; the inferred type of every named value (value_info and outputs)."""
     try:
-        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
         raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
+    types: dict[str, onnx.TypeProto] = {}
+    for g in _all_graphs(inferred.graph):
+        for vi in list(g.value_info) + list(g.output):
+            types.setdefault(vi.name, vi.type)
+    return types
+
+
+def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its large and external initializers turned into typed graph inputs.
+
+    The checker and shape inference never need weight values (only small shape tensors),
+    and onnx would otherwise copy every weight and resolve external files against the
+    process's working directory. Top-level graph only; subgraph initializers are small.
+    """
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, lg = model.graph, light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    lg.sparse_initializer.extend(g.sparse_initializer)
+    inputs = {vi.name for vi in g.input}
+    for t in g.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and t.ByteSize() <= _LIGHT_MAX_BYTES:
+            lg.initializer.append(t)
+        elif t.name not in inputs:
+            lg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return light
+
+
+_LIGHT_MAX_BYTES = 4096
 
 
 def _first_line(e: Exception) -> str:
@@ -231,9 +268,9 @@ def _shape_of(t: onnx.TypeProto) -> tuple[int | None, Shape]:
 class _Builder:
     """Builds IR graphs from checked, sorted, shape-inferred protos."""
 
-    def __init__(self, regions: dict[int, object]) -> None:
+    def __init__(self, regions: dict[int, object], types: dict[str, onnx.TypeProto]) -> None:
         self.regions = regions
-        self.types: dict[str, onnx.TypeProto] = {}
+        self.types = types
         self.names: set[str] = set()  # every name in the model; shared by all graphs built
         self.node_names: set[str] = set()
 
@@ -258,8 +295,6 @@ class _Builder:
         return graph
 
     def build_graph(self, gp: onnx.GraphProto, scope: list[dict[str, Value]]) -> Graph:
-        for vi in list(gp.value_info) + list(gp.output):
-            self.types.setdefault(vi.name, vi.type)
         local: dict[str, Value] = {}
         chain = [*scope, local]
         graph = Graph(gp.name or "main")
