@@ -205,9 +205,16 @@ def _run_checker(model: onnx.ModelProto) -> None:
 
 
 def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Strict shape inference; the inferred type of every named value (value_info and outputs)."""
+    """Strict shape inference; the inferred type of every named value (value_info and outputs).
+
+    Data propagation (which resolves Shape->...->Reshape targets) allocates per element of
+    1-D tensors, so it runs only when no 1-D value is longer than `_DATA_PROP_MAX_LEN`:
+    a huge declared shape must not exhaust memory.
+    """
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        if _max_1d_length(inferred) <= _DATA_PROP_MAX_LEN:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
         raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
     types: dict[str, onnx.TypeProto] = {}
@@ -215,6 +222,22 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
         for vi in list(g.value_info) + list(g.output):
             types.setdefault(vi.name, vi.type)
     return types
+
+
+_DATA_PROP_MAX_LEN = 1 << 16
+
+
+def _max_1d_length(model: onnx.ModelProto) -> int:
+    longest = 0
+    for g in _all_graphs(model.graph):
+        for vi in [*g.input, *g.value_info, *g.output]:
+            dims = vi.type.tensor_type.shape.dim
+            if len(dims) == 1 and dims[0].HasField("dim_value"):
+                longest = max(longest, dims[0].dim_value)
+        for t in g.initializer:
+            if len(t.dims) == 1:
+                longest = max(longest, t.dims[0])
+    return longest
 
 
 def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -14,21 +14,23 @@ _SCHEMA_DOMAINS = {"", "ai.onnx.ml"}
 
 def verify(graph: Graph) -> None:
     """Raise `IRError` describing the first broken invariant of `graph` (and its subgraphs)."""
-    names: dict[str, str] = {}
+    names: dict[str, tuple[int, str]] = {}
     node_names: set[str] = set()
     _verify_graph(graph, graph.opset_imports, outer=set(), names=names, node_names=node_names)
 
 
-def _claim(names: dict[str, str], name: str, what: str) -> None:
-    if not name:
+def _claim(names: dict[str, tuple[int, str]], value: Value, what: str) -> None:
+    """Record `value`'s name; a second, different value with that name is an error."""
+    if not value.name:
         return
-    if name in names and names[name] != what:
-        raise IRError(f"value name {name!r} is used twice ({names[name]} and {what})")
-    names[name] = what
+    prior = names.get(value.name)
+    if prior is not None and prior[0] != id(value):
+        raise IRError(f"value name {value.name!r} is used twice ({prior[1]} and {what})")
+    names[value.name] = (id(value), what)
 
 
 def _verify_graph(
-    graph: Graph, opsets: dict[str, int], outer: set[int], names: dict[str, str], node_names: set[str]
+    graph: Graph, opsets: dict[str, int], outer: set[int], names: dict[str, tuple[int, str]], node_names: set[str]
 ) -> None:
     defined: set[int] = set(outer)
     for v in graph.initializers.values():
@@ -36,12 +38,12 @@ def _verify_graph(
             raise IRError(f"initializer {v.name!r} has no value")
         if v.producer is not None:
             raise IRError(f"initializer {v.name!r} also has a producer node")
-        _claim(names, v.name, f"initializer of {graph.name}")
+        _claim(names, v, f"initializer of {graph.name}")
         defined.add(id(v))
     for v in graph.inputs:
         if v.producer is not None:
             raise IRError(f"graph input {v.name!r} has a producer node {v.producer.name!r}")
-        _claim(names, v.name, f"input of {graph.name}")
+        _claim(names, v, f"input of {graph.name}")
         defined.add(id(v))
     for node in graph:
         if node.graph is not graph:
@@ -65,7 +67,7 @@ def _verify_graph(
         for i, out in enumerate(node.outputs):
             if out.producer is not node or out.output_index != i:
                 raise IRError(f"output {i} {out.name!r} of node {node.name!r} does not point back to it")
-            _claim(names, out.name, f"output of {node.name}")
+            _claim(names, out, f"output of {node.name}")
             defined.add(id(out))
         _check_schema(node, opsets)
     for v in graph.outputs:

@@ -41,3 +41,16 @@ def test_model_over_2gb_loads_lazily_and_exports_small(tmp_path: str) -> None:
     assert graph.nodes[0].op_type == "Gather"
     # Auto mode moves the weights to external data, since they cannot fit in one protobuf.
     assert w.nbytes > lepton_ir.exporter.PROTOBUF_LIMIT
+
+
+def test_huge_declared_1d_input_does_not_exhaust_memory() -> None:
+    """onnx's data propagation allocates per element of 1-D tensors; import must not use it here."""
+    node = helper.make_node("Gather", ["w", "i"], ["y"], name="lookup")
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, [1 << 40]), helper.make_tensor_value_info("i", TensorProto.INT64, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    g = lepton_ir.load(model)
+    assert g.inputs[0].shape == (1 << 40,)

@@ -4,6 +4,8 @@ Importing this package registers every cleanup pass. `CLEANUP_PIPELINE` is the d
 order; the pass manager repeats it to a fixed point.
 """
 
+from passes.cleanup import cse, dce, merge, noop
+
 CLEANUP_PIPELINE = ",".join(
     [
         "fold-constants",
@@ -16,3 +18,5 @@ CLEANUP_PIPELINE = ",".join(
         "eliminate-dead-code",
     ]
 )
+
+__all__ = ["CLEANUP_PIPELINE", "cse", "dce", "merge", "noop"]
