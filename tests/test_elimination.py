@@ -303,7 +303,7 @@ def test_dce_dead_chain_and_initializers() -> None:
 
 
 def test_dce_keeps_initializer_that_is_graph_input() -> None:
-    """IR-level (no verify: see OVERRIDABLE): an unused overridable initializer is part of the signature."""
+    """An unused overridable initializer is part of the signature."""
     x = Value("x", T.FLOAT, (3,))
     bias = Value("bias", T.FLOAT, (3,), const_value=lepton_ir.Tensor.from_numpy(np.zeros(3, np.float32)))
     unused = Value("unused", T.FLOAT, (3,), const_value=lepton_ir.Tensor.from_numpy(np.ones(3, np.float32)))
