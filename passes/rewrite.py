@@ -133,6 +133,20 @@ def is_constant(graph: Graph, value: Value | None) -> bool:
     return constant_value(graph, value) is not None
 
 
+def static_shape(v: Value | None) -> tuple[int, ...] | None:
+    """`v`'s shape when every dim is a known int, else None."""
+    if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
+        return None
+    return tuple(v.shape)  # type: ignore[arg-type]
+
+
+def can_replace_value(graph: Graph, old: Value, new: Value) -> bool:
+    """Whether `replace_value(graph, old, new)` would succeed."""
+    if old is new or not graph.is_graph_output(old):
+        return True
+    return new.producer is not None and new.producer.graph is graph and not graph.is_graph_output(new)
+
+
 def replace_value(graph: Graph, old: Value, new: Value) -> bool:
     """Make every reader of `old` read `new`; keep graph-output names stable.
 
@@ -140,11 +154,9 @@ def replace_value(graph: Graph, old: Value, new: Value) -> bool:
     only if `new` is a node output that is not itself a graph input, initializer or
     output. Returns False (graph untouched) when that is not possible.
     """
-    if old is new:
-        return True
-    if graph.is_graph_output(old):
-        if new.producer is None or graph.is_graph_output(new) or new.producer.graph is not graph:
-            return False
+    if not can_replace_value(graph, old, new):
+        return False
+    if old is not new and graph.is_graph_output(old):
         old_name = old.name
         old.name = graph.fresh_name(old_name + "_replaced")
         new.name = old_name

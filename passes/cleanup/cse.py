@@ -27,7 +27,7 @@ from google.protobuf.message import Message
 from lepton_ir import Attr, Graph, Node, Tensor, Value, tensors_equal
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import constant_value, replace_value
+from passes.rewrite import can_replace_value, constant_value, replace_value
 
 #: Ops whose outputs differ between two evaluations on the same inputs (any domain).
 RANDOM_OPS = frozenset(
@@ -105,13 +105,6 @@ def _signature(node: Node, digest: _Digests) -> tuple[Any, ...]:
     return (node.domain, node.op_type, node.overload, node.inputs, attrs, omitted)
 
 
-def _can_redirect(graph: Graph, old: Value, new: Value) -> bool:
-    """Whether `replace_value(graph, old, new)` would succeed (it is all-or-nothing per value)."""
-    if not graph.is_graph_output(old):
-        return True
-    return new.producer is not None and new.producer.graph is graph and not graph.is_graph_output(new)
-
-
 def _merge_nodes(graph: Graph, digest: _Digests, stats: Counter[str]) -> int:
     """One sweep over `graph` in order; returns how many nodes were merged away."""
     seen: dict[tuple[Any, ...], Node] = {}
@@ -124,7 +117,7 @@ def _merge_nodes(graph: Graph, digest: _Digests, stats: Counter[str]) -> int:
         if first is node or not _attrs_equal(first.attributes, node.attributes):
             continue
         pairs = list(zip(node.outputs, first.outputs, strict=True))
-        if not all(_can_redirect(graph, old, new) for old, new in pairs):
+        if not all(can_replace_value(graph, old, new) for old, new in pairs):
             continue
         for old, new in pairs:
             ok = replace_value(graph, old, new)

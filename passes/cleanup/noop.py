@@ -25,26 +25,23 @@ import numpy as np
 from lepton_ir import Graph, Node, Value
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import Match, Rule, RewritePass, constant_value, failed, matched, replace_node_output, replace_value
+from passes.rewrite import (
+    Match,
+    Rule,
+    RewritePass,
+    can_replace_value,
+    constant_value,
+    failed,
+    matched,
+    replace_node_output,
+    replace_value,
+    static_shape,
+)
 
 INT64_MAX = np.iinfo(np.int64).max
 
 
 # ----- shared checks --------------------------------------------------------------------
-
-
-def static_shape(v: Value | None) -> tuple[int, ...] | None:
-    """`v`'s shape when every dim is a known int, else None."""
-    if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
-        return None
-    return tuple(v.shape)  # type: ignore[arg-type]
-
-
-def can_replace(graph: Graph, old: Value, new: Value) -> bool:
-    """Whether `replace_value(graph, old, new)` would succeed (it mirrors its refusal rule)."""
-    if old is new or not graph.is_graph_output(old):
-        return True
-    return new.producer is not None and new.producer.graph is graph and not graph.is_graph_output(new)
 
 
 def forward(node: Node, graph: Graph, data: Value | None, *, need_static: bool = False) -> Match:
@@ -68,7 +65,7 @@ def forward(node: Node, graph: Graph, data: Value | None, *, need_static: bool =
     for extra in node.outputs[1:]:
         if extra.uses or graph.is_graph_output(extra):
             return failed(f"secondary output {extra.name!r} is used")
-    if not can_replace(graph, out, data):
+    if not can_replace_value(graph, out, data):
         return failed("output is a graph output and the input cannot take over its name")
     return matched(data=data)
 
