@@ -13,10 +13,10 @@ from collections import Counter
 
 import numpy as np
 import onnx
-from rich.console import Console
 
 import lepton
 import lepton_ir
+from lepton.report import console as make_console
 from lepton.report import pass_table
 from passes.ort import run_model
 
@@ -34,7 +34,7 @@ def _test_set() -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
-    console = Console()
+    console = make_console()
     console.rule("[bold]Lepton demo: digits CNN")
     original = lepton.load(MODEL)
     ops = Counter(n.op_type for n in original)
@@ -46,7 +46,7 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     console.print(pass_table(result))
     console.print(f"cleanup took {elapsed * 1e3:.0f} ms; the optimized graph:")
-    console.print(str(result.graph), highlight=False)
+    console.print(str(result.graph), markup=False, highlight=False, soft_wrap=True)
 
     os.makedirs(OUT_DIR, exist_ok=True)
     out_path = os.path.join(OUT_DIR, "digits_cnn.opt.onnx")

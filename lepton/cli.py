@@ -9,13 +9,12 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-
+from lepton.report import console
 from lepton_ir import LeptonError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lepton: compile ONNX models, verified against onnxruntime.")
-err = Console(stderr=True)
-out = Console()
+err = console(stderr=True)
+out = console()
 
 
 def _fail(e: Exception) -> None:

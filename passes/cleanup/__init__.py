@@ -4,7 +4,7 @@ Importing this package registers every cleanup pass. `CLEANUP_PIPELINE` is the d
 order; the pass manager repeats it to a fixed point.
 """
 
-from passes.cleanup import cse, dce, merge, noop
+from passes.cleanup import cse, dce, fold, merge, noop, shapes
 
 CLEANUP_PIPELINE = ",".join(
     [
@@ -19,4 +19,4 @@ CLEANUP_PIPELINE = ",".join(
     ]
 )
 
-__all__ = ["CLEANUP_PIPELINE", "cse", "dce", "merge", "noop"]
+__all__ = ["CLEANUP_PIPELINE", "cse", "dce", "fold", "merge", "noop", "shapes"]

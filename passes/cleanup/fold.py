@@ -44,7 +44,7 @@ from lepton_ir.exporter import _Writer
 from lepton_ir.types import dtype_bits, np_to_onnx_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import constant_node_value, constant_value, replace_value
+from passes.rewrite import constant_node_value, constant_value, replace_value, static_shape
 
 EVAL_BUDGET = 64 << 20  # bytes of outputs (by bound) one onnxruntime evaluation may produce
 
@@ -146,32 +146,19 @@ def set_constant(g: Graph, old: Value, value: np.ndarray | Tensor) -> Value:
 
 
 def constant_tensor(g: Graph, v: Value) -> Tensor | None:
-    """`v`'s constant as a Tensor (initializer data kept as is), or None; see `constant_value`."""
+    """`v`'s constant as a Tensor, or None: an initializer that is not an overridable input of
+    `g` or an enclosing graph, or a `Constant` node's output (same rule as `constant_value`,
+    without materializing initializer data)."""
     if v.const_value is not None:
-        return v.const_value if constant_value(g, _Probe(v)) is not None else None  # type: ignore[arg-type]
+        h: Graph | None = g
+        while h is not None:
+            if h.is_graph_input(v):
+                return None
+            h = h.parent.graph if h.parent is not None else None
+        return v.const_value
     if v.producer is not None and v.producer.op_type == "Constant" and not v.producer.domain:
         return _constant_node_tensor(v.producer)
     return None
-
-
-class _Probe:
-    """Stands in for an initializer in `constant_value`'s overridable-input check without
-    materializing the (possibly large, external) data."""
-
-    def __init__(self, v: Value) -> None:
-        self._v = v
-        self.const_value = _Lazy()
-        self.producer = None
-
-    def __eq__(self, other: object) -> bool:
-        return other is self._v
-
-    __hash__ = object.__hash__
-
-
-class _Lazy:
-    def numpy(self) -> int:
-        return 0
 
 
 def _constant_node_tensor(node: Node) -> Tensor | None:
@@ -191,12 +178,6 @@ def _nbytes(span: int, dtype: int) -> int:
 def _span(shape: Iterable[int]) -> int:
     """Product of max(dim, 1): an element bound that empty dims cannot shrink."""
     return math.prod(max(int(d), 1) for d in shape)
-
-
-def _static(v: Value) -> tuple[int, ...] | None:
-    if v.shape is None or not all(isinstance(d, int) and d >= 0 for d in v.shape):
-        return None
-    return tuple(v.shape)  # type: ignore[arg-type]
 
 
 # ----- Constant -> initializer -----------------------------------------------------------
@@ -307,7 +288,7 @@ class _Folder:
             if span is None or _nbytes(span, o.dtype) > limit:
                 return False
             bounds[id(o)] = span
-        cost = sum(_nbytes(s, o.dtype) for o in node.outputs if id(o) in bounds)  # type: ignore[arg-type]
+        cost = sum(_nbytes(bounds[id(o)], o.dtype) for o in node.outputs if id(o) in bounds)  # type: ignore[arg-type]
         if cost > max(self.cap, in_bytes):
             return False
         self.bound.update(bounds)
@@ -316,7 +297,7 @@ class _Folder:
 
     @staticmethod
     def _out_span(node: Node, o: Value, in_spans: Sequence[int]) -> int | None:
-        shape = _static(o)
+        shape = static_shape(o)
         if shape is not None:
             return _span(shape)
         if node.op_type in _NO_GROWTH:
@@ -413,7 +394,7 @@ class _Folder:
                 return False
         except (KeyError, TypeError, ValueError):
             return False
-        shape = _static(o)
+        shape = static_shape(o)
         if shape is not None and tuple(arr.shape) != shape:
             return False
         return arr.nbytes <= _nbytes(self.bound[id(o)], o.dtype)
