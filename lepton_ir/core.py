@@ -255,6 +255,8 @@ class Graph:
         "ir_version",
         "producer_name",
         "producer_version",
+        "model_version",
+        "model_domain",
         "model_doc",
         "metadata_props",
         "doc",
@@ -280,12 +282,12 @@ class Graph:
         self.inputs: list[Value] = list(inputs)
         self.outputs: list[Value] = list(outputs)
         self.initializers: dict[str, Value] = {}
-        for v in initializers:
-            self.add_initializer(v)
         self.opset_imports: dict[str, int] = dict(opset_imports or {"": 17})
         self.ir_version = ir_version
         self.producer_name = "lepton"
         self.producer_version = ""
+        self.model_version = 0
+        self.model_domain = ""
         self.model_doc = ""
         self.metadata_props: dict[str, str] = {}
         self.doc = ""
@@ -294,6 +296,8 @@ class Graph:
         self._count = 0
         self._counter = itertools.count()
         self._names: set[str] | None = None
+        for v in initializers:
+            self.add_initializer(v)
         self.extend(nodes)
 
     # ----- node list (doubly linked; O(1) insert and remove) ---------------------------
@@ -353,6 +357,10 @@ class Graph:
         for out in node._outputs:
             if not out.name:
                 out.name = self.fresh_name(f"{node.name}_out")
+        names = self.root()._names
+        if names is not None:  # explicit names given after the names were collected
+            names.add(node.name)
+            names.update(o.name for o in node._outputs)
         for sub in node.subgraphs():
             sub.parent = node
         nxt = prev._next
@@ -362,7 +370,10 @@ class Graph:
         self._count += 1
 
     def remove(self, node: Node, *, safe: bool = True) -> None:
-        """Remove `node`. With `safe`, refuse (graph untouched) if an output is used or is a graph output."""
+        """Remove `node`. With `safe`, refuse (graph untouched) if an output is used or is a graph output.
+
+        The nodes of its subgraphs are detached too, so outer values they captured lose those uses.
+        """
         if node.graph is not self:
             raise IRError(f"node {node.name!r} is not in graph {self.name!r}")
         if safe:
@@ -373,6 +384,9 @@ class Graph:
                 if self.is_graph_output(out):
                     raise IRError(f"cannot remove node {node.name!r}: {out.name!r} is a graph output")
         node._detach()
+        for sub in node.subgraphs():  # values captured from outer scopes lose those uses
+            for inner in sub.all_nodes():
+                inner._detach()
         node._prev._next = node._next
         node._next._prev = node._prev
         node._prev = node._next = None
@@ -421,6 +435,9 @@ class Graph:
         if value.name in self.initializers and self.initializers[value.name] is not value:
             raise IRError(f"duplicate initializer name {value.name!r}")
         self.initializers[value.name] = value
+        names = self.root()._names
+        if names is not None:  # a name given after the names were collected
+            names.add(value.name)
         return value
 
     def add_constant(self, array: np.ndarray, prefix: str = "const") -> Value:

@@ -130,6 +130,10 @@ class _Writer:
         m.ir_version = g.ir_version
         m.producer_name = g.producer_name
         m.producer_version = g.producer_version
+        if g.model_version:
+            m.model_version = g.model_version
+        if g.model_domain:
+            m.domain = g.model_domain
         if g.model_doc:
             m.doc_string = g.model_doc
         for domain, version in g.opset_imports.items():
@@ -156,6 +160,7 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
         total = sum(v.const_value.nbytes for g in graph.all_graphs() for v in g.initializers.values() if v.const_value)
         external_data = total > PROTOBUF_LIMIT - 64 * 2**20
     data_path = path + ".data" if external_data else None
+    _read_tensors_from(graph, {os.path.realpath(p) for p in (path, data_path) if p})
     writer = _Writer(data_path)
     try:
         model = writer.model(graph)
@@ -167,3 +172,23 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
     with open(path, "wb") as f:
         f.write(blob)
     return [path] + ([data_path] if data_path else [])
+
+
+def _read_tensors_from(graph: Graph, files: set[str]) -> None:
+    """Read into memory every tensor whose external data lives in one of `files`.
+
+    Saving over the files a model was loaded from (`save(load(p), p)`) truncates them
+    before their tensors are read back; this keeps those tensors' data.
+    """
+    for g in graph.all_graphs():
+        tensors = [v.const_value for v in g.initializers.values() if v.const_value is not None]
+        for n in g.nodes:
+            for a in n.attributes.values():
+                if isinstance(a.value, Tensor):
+                    tensors.append(a.value)
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    tensors.extend(a.value)
+        for t in tensors:
+            if t._external is not None and os.path.realpath(t._external.path) in files:
+                t._proto = t._load_proto()
+                t._external = None

@@ -1,27 +1,28 @@
 """ONNX -> Lepton IR, with every check a hostile or broken file needs.
 
-Order: parse -> version/opset/domain checks -> structural checks on the protobuf (clear,
-named errors: duplicates, undefined inputs, cycles; nodes sorted) -> local functions
-inlined -> tensor sizes and external data checked (never read) -> onnx checker and strict
-shape inference on a light copy without the weights -> IR.
+Order: parse -> every string is UTF-8 -> version/opset/domain checks -> structural checks
+on the protobuf (clear, named errors: duplicates, undefined inputs, cycles; nodes sorted) ->
+local functions inlined -> tensor sizes and external data checked (never read, except the
+few tensors held in node attributes or subgraphs, which the checker needs inline) -> onnx
+checker and strict shape inference on a light copy without the weights -> IR.
 Nothing is ever written.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 
-import numpy as np
 import onnx
 import onnx.inliner
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from lepton_ir.core import Attr, Graph, Node, Value
 from lepton_ir.errors import InvalidModelError, ModelLoadError, UnsupportedModelError
 from lepton_ir.external import resolve_external
 from lepton_ir.structure import check_and_sort
-from lepton_ir.tensor import Tensor
+from lepton_ir.tensor import Tensor, _read_region
 from lepton_ir.types import Shape, dtype_bits
 
 #: Operator-set domains Lepton takes (besides domains of the model's own functions).
@@ -37,6 +38,7 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     and protos) and is read lazily, only when a tensor's value is needed.
     """
     model, base_dir = _parse(source, base_dir)
+    _check_text(model, "model")
     _check_versions(model)
     _check_value_types(model.graph)
     sorted_nodes = check_and_sort(model.graph)
@@ -45,7 +47,7 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     if model.functions:
         model = _inline(model)
     regions = _check_tensors(model, base_dir)
-    light = _light_copy(model)
+    light = _light_copy(model, regions)
     _run_checker(light)
     types = _infer_types(light)
     graph = _Builder(regions, types).build_model(model)
@@ -69,8 +71,11 @@ def _parse(source: ModelSource, base_dir: str | None) -> tuple[onnx.ModelProto, 
             raise ModelLoadError(f"model file {path!r} does not exist")
         if not os.path.isfile(path):
             raise ModelLoadError(f"{path!r} is not a file")
-        with open(path, "rb") as f:
-            data = f.read()
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ModelLoadError(f"cannot read model file {path!r}: {e.strerror or e}") from None
         model = _parse_bytes(data, f"model file {path!r}")
         what = f"model file {path!r}"
         if base_dir is None:
@@ -91,6 +96,44 @@ def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{what} is not a valid ONNX protobuf ({len(data)} bytes; truncated or not ONNX): {e}") from None
     return model
+
+
+def _check_text(msg: Message, path: str) -> None:
+    """Every string field (names, op types, domains, doc strings) must be UTF-8 text.
+
+    protobuf hands back invalid UTF-8 as `bytes`, which would flow into the IR as names.
+    Only string and message fields are read: tensor data (bytes fields) is never touched.
+    """
+    strings, messages = _text_fields(msg.DESCRIPTOR)
+    for name, repeated in strings:
+        values = getattr(msg, name) if repeated else [getattr(msg, name)]
+        for i, v in enumerate(values):
+            if not isinstance(v, str):
+                where = f"{path}.{name}" + (f"[{i}]" if repeated else "")
+                raise InvalidModelError(f"{where} ({bytes(v[:40])!r}) is not valid UTF-8 text; the file is corrupt")
+    for name, repeated in messages:
+        if repeated:
+            for i, m in enumerate(getattr(msg, name)):
+                _check_text(m, f"{path}.{name}[{i}]")
+        elif msg.HasField(name):
+            _check_text(getattr(msg, name), f"{path}.{name}")
+
+
+def _text_fields(descriptor: object) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    key = descriptor.full_name  # type: ignore[attr-defined]
+    if key not in _TEXT_FIELDS:
+        strings, messages = [], []
+        for f in descriptor.fields:  # type: ignore[attr-defined]
+            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+            if f.type == f.TYPE_STRING:
+                strings.append((f.name, repeated))
+            elif f.type == f.TYPE_MESSAGE:
+                messages.append((f.name, repeated))
+        _TEXT_FIELDS[key] = (strings, messages)
+    return _TEXT_FIELDS[key]
+
+
+_TEXT_FIELDS: dict[str, tuple[list[tuple[str, bool]], list[tuple[str, bool]]]] = {}
 
 
 def _check_versions(model: onnx.ModelProto) -> None:
@@ -125,12 +168,21 @@ def _check_versions(model: onnx.ModelProto) -> None:
 
 
 def _check_value_types(graph: onnx.GraphProto) -> None:
+    for g in _all_graphs(graph):
+        for sp in g.sparse_initializer:
+            raise UnsupportedModelError(
+                f"sparse initializer {sp.values.name!r} is not supported; store it as a dense initializer"
+            )
     for vi in list(graph.input) + list(graph.output):
         kind = vi.type.WhichOneof("value")
         if kind != "tensor_type":
             raise UnsupportedModelError(
                 f"graph {'input' if vi in graph.input else 'output'} {vi.name!r} has {kind or 'no'} type; "
                 "Lepton compiles tensor inputs and outputs only (no sequence, map, optional or sparse types)"
+            )
+        if vi.type.tensor_type.elem_type not in onnx.TensorProto.DataType.values():
+            raise InvalidModelError(
+                f"graph input/output {vi.name!r} has an unknown element type ({vi.type.tensor_type.elem_type})"
             )
         if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
             raise UnsupportedModelError(f"graph input/output {vi.name!r} is a string tensor; string tensors are not supported")
@@ -163,9 +215,14 @@ def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
                     yield from a.tensors
 
 
-def _check_tensors(model: onnx.ModelProto, base_dir: str | None) -> dict[int, object]:
-    """Check every tensor's data size; resolve external data. Returns regions keyed by proto id."""
-    regions: dict[int, object] = {}
+def _check_tensors(model: onnx.ModelProto, base_dir: str | None) -> dict[int, tuple[onnx.TensorProto, object]]:
+    """Check every tensor's data size; resolve external data. Returns regions keyed by proto id.
+
+    Each entry keeps its proto alive: protobuf hands out a new wrapper object (and so,
+    maybe, a recycled id) each time a message is reached unless the last one is still
+    referenced, so a bare `id()` key could attach one tensor's data to another tensor.
+    """
+    regions: dict[int, tuple[onnx.TensorProto, object]] = {}
     for t in _all_tensor_protos(model):
         if any(d < 0 for d in t.dims):
             raise InvalidModelError(f"tensor {t.name!r} has a negative dimension {list(t.dims)}")
@@ -173,10 +230,10 @@ def _check_tensors(model: onnx.ModelProto, base_dir: str | None) -> dict[int, ob
             raise InvalidModelError(f"tensor {t.name!r} has an undefined data type ({t.data_type})")
         if t.data_type == onnx.TensorProto.STRING:
             continue
-        size = int(np.prod(t.dims, dtype=np.int64)) if t.dims else 1
+        size = math.prod(t.dims)  # python ints: a huge declared shape must not wrap around
         nbytes = (size * dtype_bits(t.data_type) + 7) // 8
         if t.data_location == onnx.TensorProto.EXTERNAL:
-            regions[id(t)] = resolve_external(t, base_dir, nbytes)
+            regions[id(t)] = (t, resolve_external(t, base_dir, nbytes))
         elif t.HasField("raw_data"):
             if len(t.raw_data) != nbytes:
                 raise InvalidModelError(
@@ -185,9 +242,20 @@ def _check_tensors(model: onnx.ModelProto, base_dir: str | None) -> dict[int, ob
         else:
             field = onnx.helper.tensor_dtype_to_field(t.data_type)
             count = len(getattr(t, field))
-            if count not in (size, (size + 1) // 2, 2 * size):  # plain, packed 4-bit, complex
+            if count != _typed_count(t.data_type, size):
                 raise InvalidModelError(f"tensor {t.name!r} declares shape {list(t.dims)} ({size} elements) but holds {count} values")
     return regions
+
+
+def _typed_count(dtype: int, size: int) -> int:
+    """How many entries of its typed field (int32_data, float_data, ...) a tensor of `size` elements holds."""
+    bits = dtype_bits(dtype)
+    if bits < 8 and bits != 6:  # 4-bit and 2-bit types are packed into the bytes of int32_data
+        per = 8 // bits
+        return (size + per - 1) // per
+    if dtype in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+        return 2 * size
+    return size
 
 
 def _inline(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -215,7 +283,7 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         if _max_1d_length(inferred) <= _DATA_PROP_MAX_LEN:
             inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as e:
         raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
     types: dict[str, onnx.TypeProto] = {}
     for g in _all_graphs(inferred.graph):
@@ -240,7 +308,7 @@ def _max_1d_length(model: onnx.ModelProto) -> int:
     return longest
 
 
-def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def _light_copy(model: onnx.ModelProto, regions: dict[int, tuple[onnx.TensorProto, object]]) -> onnx.ModelProto:
     """The model with its large and external initializers turned into typed graph inputs.
 
     The checker and shape inference never need weight values (only small shape tensors),
@@ -263,7 +331,28 @@ def _light_copy(model: onnx.ModelProto) -> onnx.ModelProto:
             lg.initializer.append(t)
         elif t.name not in inputs:
             lg.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    # External tensors still in the copy (node attributes, subgraph initializers) get their
+    # checked data inline: onnx would look for their files relative to the working directory.
+    for src, dst in zip(_nested_tensor_protos(g), _nested_tensor_protos(lg), strict=True):
+        entry = regions.get(id(src))
+        if entry is not None and entry[0] is src:
+            del dst.external_data[:]
+            dst.data_location = onnx.TensorProto.DEFAULT
+            dst.raw_data = _read_region(entry[1])  # type: ignore[arg-type]
     return light
+
+
+def _nested_tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Node attribute tensors of every graph and initializers of subgraphs, in a fixed order."""
+    for g in _all_graphs(graph):
+        if g is not graph:
+            yield from g.initializer
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield a.t
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    yield from a.tensors
 
 
 _LIGHT_MAX_BYTES = 4096
@@ -291,14 +380,15 @@ def _shape_of(t: onnx.TypeProto) -> tuple[int | None, Shape]:
 class _Builder:
     """Builds IR graphs from checked, sorted, shape-inferred protos."""
 
-    def __init__(self, regions: dict[int, object], types: dict[str, onnx.TypeProto]) -> None:
+    def __init__(self, regions: dict[int, tuple[onnx.TensorProto, object]], types: dict[str, onnx.TypeProto]) -> None:
         self.regions = regions
         self.types = types
         self.names: set[str] = set()  # every name in the model; shared by all graphs built
         self.node_names: set[str] = set()
 
     def tensor(self, t: onnx.TensorProto) -> Tensor:
-        return Tensor.from_proto(t, self.regions.get(id(t)))  # type: ignore[arg-type]
+        entry = self.regions.get(id(t))
+        return Tensor.from_proto(t, entry[1] if entry is not None and entry[0] is t else None)  # type: ignore[arg-type]
 
     def build_model(self, model: onnx.ModelProto) -> Graph:
         opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
@@ -313,6 +403,8 @@ class _Builder:
         graph.ir_version = model.ir_version
         graph.producer_name = model.producer_name
         graph.producer_version = model.producer_version
+        graph.model_version = model.model_version
+        graph.model_domain = model.domain
         graph.model_doc = model.doc_string
         graph.metadata_props = {p.key: p.value for p in model.metadata_props}
         return graph
@@ -330,10 +422,14 @@ class _Builder:
         for vi in gp.input:
             if vi.name in local:
                 v = local[vi.name]  # an initializer that is also an (overridable) input
+                if vi.type.HasField("tensor_type"):  # its declared type says what a feed may be
+                    dtype, shape = _shape_of(vi.type)
+                    v.dtype, v.shape = dtype or v.dtype, shape
             else:
                 dtype, shape = _shape_of(vi.type)
                 v = Value(vi.name, dtype, shape)
                 local[vi.name] = v
+            v.doc = vi.doc_string
             graph.inputs.append(v)
         for np_ in gp.node:
             node = self.build_node(np_, chain)
@@ -354,6 +450,8 @@ class _Builder:
                 v.dtype = dtype
             if shape is not None and v.shape is None:
                 v.shape = shape
+            if vi.doc_string:
+                v.doc = vi.doc_string
             graph.outputs.append(v)
         return graph
 

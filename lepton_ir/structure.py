@@ -114,6 +114,16 @@ def _toposort(graph: onnx.GraphProto, deps: list[set[int]], where: str) -> list[
             if indegree[u] == 0:
                 heapq.heappush(ready, u)
     if len(order) < n:
-        names = ", ".join([_label(graph.node[i], i) for i in range(n) if indegree[i] > 0][:10])
+        # Walk back along unresolved dependencies until a node repeats: that loop is a cycle
+        # (nodes merely downstream of it are left out of the message).
+        path: list[int] = []
+        seen: dict[int, int] = {}
+        i = next(i for i in range(n) if indegree[i] > 0)
+        while i not in seen:
+            seen[i] = len(path)
+            path.append(i)
+            i = min(d for d in deps[i] if indegree[d] > 0)
+        cycle = path[seen[i]:][::-1]
+        names = ", ".join(_label(graph.node[j], j) for j in cycle[:10])
         raise InvalidModelError(f"{where} has a cycle: these nodes depend on each other's outputs: {names}")
     return order

@@ -102,6 +102,13 @@ class Tensor:
     def _load_proto(self) -> onnx.TensorProto:
         assert self._proto is not None
         if self._external is None:
+            if self._proto.data_location == onnx.TensorProto.EXTERNAL:
+                from lepton_ir.errors import UnsafeExternalDataError
+
+                raise UnsafeExternalDataError(
+                    f"tensor {self.name!r} keeps its data in an external file that was never checked; "
+                    "load the model with lepton_ir.load(path)"
+                )
             return self._proto
         proto = onnx.TensorProto()
         proto.CopyFrom(self._proto)

@@ -34,6 +34,8 @@ def dtype_bits(dtype: int) -> int:
     name = onnx.TensorProto.DataType.Name(dtype)
     if name in _SUB_BYTE:
         return 2 if name.endswith("INT2") else 4
+    if name.startswith("FLOAT6"):
+        return 6  # packed 6-bit stream in raw_data
     if name == "STRING":
         return 0
     return np.dtype(helper.tensor_dtype_to_np_dtype(dtype)).itemsize * 8

@@ -75,10 +75,18 @@ def _verify_graph(
             raise IRError(f"graph output {v.name!r} of {graph.name!r} is not defined")
     for v in _values(graph):
         for user, i in v.uses:
-            if user.graph is None:
+            if not _in_model(user):
                 raise IRError(f"value {v.name!r} is used by removed node {user.name!r}")
             if i >= len(user.inputs) or user.inputs[i] is not v:
                 raise IRError(f"value {v.name!r} lists use ({user.name!r}, {i}) but that input is something else")
+
+
+def _in_model(node: Node) -> bool:
+    """False when `node`, or a node whose subgraph holds it, has been removed."""
+    g = node.graph
+    while g is not None and g.parent is not None:
+        g = g.parent.graph
+    return g is not None
 
 
 def _values(graph: Graph) -> list[Value]:
