@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import heapq
 
 import onnx
@@ -96,13 +97,20 @@ def _values(graph: Graph) -> list[Value]:
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _schema(op_type: str, version: int, domain: str) -> onnx.defs.OpSchema | None:
+    try:
+        return onnx.defs.get_schema(op_type, version, domain)
+    except onnx.defs.SchemaError:
+        return None
+
+
 def _check_schema(node: Node, opsets: dict[str, int]) -> None:
     if node.domain not in _SCHEMA_DOMAINS or node.domain not in opsets:
         return
-    try:
-        schema = onnx.defs.get_schema(node.op_type, opsets[node.domain], node.domain)
-    except onnx.defs.SchemaError:
-        raise IRError(f"node {node.name!r}: {node.op_type} does not exist at opset {opsets[node.domain]}") from None
+    schema = _schema(node.op_type, opsets[node.domain], node.domain)
+    if schema is None:
+        raise IRError(f"node {node.name!r}: {node.op_type} does not exist at opset {opsets[node.domain]}")
     n_in = len(node.inputs)
     if not schema.min_input <= n_in <= schema.max_input:
         raise IRError(f"node {node.name!r} ({node.op_type}) has {n_in} inputs; schema allows {schema.min_input}..{schema.max_input}")
