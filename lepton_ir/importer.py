@@ -105,6 +105,8 @@ def _check_text(msg: Message, path: str) -> None:
     protobuf hands back invalid UTF-8 as `bytes`, which would flow into the IR as names.
     Only string and message fields are read: tensor data (bytes fields) is never touched.
     """
+    if isinstance(msg, onnx.NodeProto) and _plain_text_node(msg):
+        return
     strings, messages = _text_fields(msg.DESCRIPTOR)
     for name, repeated in strings:
         values = getattr(msg, name) if repeated else [getattr(msg, name)]
@@ -118,6 +120,22 @@ def _check_text(msg: Message, path: str) -> None:
                 _check_text(m, f"{path}.{name}[{i}]")
         elif msg.HasField(name):
             _check_text(getattr(msg, name), f"{path}.{name}")
+
+
+def _plain_text_node(n: onnx.NodeProto) -> bool:
+    """Fast path for the common node: every string is text and no attribute nests messages."""
+    if not all(type(x) is str for x in (n.name, n.op_type, n.domain, n.doc_string, n.overload, *n.input, *n.output)):
+        return False
+    for a in n.attribute:
+        if a.type not in _FLAT_ATTRS or type(a.name) is not str or type(a.doc_string) is not str or type(a.ref_attr_name) is not str:
+            return False
+    return True
+
+
+_FLAT_ATTRS = {
+    onnx.AttributeProto.INT, onnx.AttributeProto.INTS, onnx.AttributeProto.FLOAT, onnx.AttributeProto.FLOATS,
+    onnx.AttributeProto.STRING, onnx.AttributeProto.STRINGS,
+}
 
 
 def _text_fields(descriptor: object) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
