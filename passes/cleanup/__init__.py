@@ -5,11 +5,14 @@ order; the pass manager repeats it to a fixed point.
 """
 
 from passes.cleanup import cse, dce, fold, merge, noop, shapes
+from passes.cleanup import reshape
 
 CLEANUP_PIPELINE = ",".join(
     [
         "fold-constants",
         "fold-shapes",
+        "infer-shapes",
+        "fold-reshape-targets",
         "eliminate-identity",
         "eliminate-noop",
         "merge-transposes",
