@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo bench clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,3 +33,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
+
+## system-deps: Debian packages for the ARM cross linker and OpenCL checks (PoCL); tests skip without them
+system-deps:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu pocl-opencl-icd ocl-icd-libopencl1 >/dev/null \
+		|| (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc-aarch64-linux-gnu pocl-opencl-icd ocl-icd-libopencl1 >/dev/null) \
+		|| echo "system-deps: apt-get failed; ARM .so linking and PoCL checks will be skipped"; \
+	else echo "system-deps: needs root and apt-get; ARM .so linking and PoCL checks will be skipped"; fi

@@ -8,7 +8,9 @@ import os
 import sys
 from typing import Annotated
 
+import numpy as np
 import typer
+from lepton.cli_targets import targets_app
 from lepton.report import console
 from lepton_ir import LeptonError, UserError
 
@@ -60,6 +62,130 @@ def optimize(
         out.print(f"wrote {', '.join(files)}")
 
 
+@app.command("compile")
+def compile_cmd(
+    model: Annotated[str, typer.Argument(help="ONNX model file")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target name (lepton targets), NAME{opt=v}, a .toml file, or auto")] = "auto",
+    output: Annotated[str, typer.Option("-o", "--output", help="artifact folder to write (must be empty or absent)")] = "build/lepton",
+    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="pin an input's shape: NAME:D1,D2,... (repeatable)")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="pass pipeline instead of the target's")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="do not check the module against onnxruntime")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="build even if the compile cache has this build")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+) -> None:
+    """Compile MODEL for a target into an artifact folder (library, manifest, optimized model, verification bundle)."""
+    from lepton.compile import compile as run_compile
+    from lepton.input_shapes import parse_input_shape
+    from lepton.report import compile_json, compile_summary
+
+    try:
+        shapes = dict(parse_input_shape(s) for s in input_shape or [])
+        with err.status("compiling", spinner="dots") if not (quiet or as_json) else nullcontext() as status:
+            def progress(msg: str) -> None:
+                if status is not None:
+                    status.update(msg)
+
+            result = run_compile(
+                model, target, input_shapes=shapes, passes=passes, output_dir=output,
+                verify=not no_verify, use_cache=not no_cache, progress=progress,
+            )
+    except Exception as e:  # noqa: BLE001 - mapped to exit codes
+        _fail(e)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(compile_json(result), indent=2) + "\n")
+    elif not quiet:
+        compile_summary(out, result)
+
+
+@app.command("run")
+def run_cmd(
+    artifact_dir: Annotated[str, typer.Argument(help="artifact folder written by lepton compile")],
+    inputs: Annotated[list[str] | None, typer.Option("--input", "-i", help="NAME=file.npy (repeatable), or one .npz file")] = None,
+    save: Annotated[str | None, typer.Option("--save", help="write the outputs to this .npz file")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print outputs' names, dtypes, shapes and stats as JSON")] = False,
+) -> None:
+    """Run a compiled artifact on inputs from .npy/.npz files (default: its bundled verification inputs)."""
+    from lepton.artifact import load, read_verify_bundle
+    from lepton.report import outputs_json, outputs_table
+
+    try:
+        module = load(artifact_dir)
+        feeds = _read_inputs(inputs) if inputs else read_verify_bundle(module.manifest)[0]
+        outputs = module.run(feeds)
+        if save:
+            np.savez(save, **outputs)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(outputs_json(outputs), indent=2) + "\n")
+    else:
+        out.print(outputs_table(outputs))
+
+
+@app.command("verify")
+def verify_cmd(
+    artifact_dir: Annotated[str, typer.Argument(help="artifact folder written by lepton compile")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Run the artifact on its bundled inputs and compare with onnxruntime's bundled outputs (exit 1 on mismatch)."""
+    from lepton.artifact import verify_artifact
+
+    try:
+        report = verify_artifact(artifact_dir)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        out.print(report.table())
+        out.print("[green]verified[/]" if report.ok else "[bold red]outputs differ beyond tolerance[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(help="ONNX model file")],
+    target: Annotated[str | None, typer.Option("--target", "-t", help="also report the ops this target cannot take")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Ops, parameters, FLOPs, and which ops a target cannot compile."""
+    import lepton_ir
+    from lepton.inspect import inspect_model
+    from targets import resolve
+
+    try:
+        info = inspect_model(lepton_ir.load(model), resolve(target) if target else None)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(info.to_json(), indent=2) + "\n")
+    else:
+        info.render(out)
+
+
+def _read_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    """`NAME=file.npy` items, or a single `.npz` whose keys are the input names."""
+    if len(specs) == 1 and "=" not in specs[0] and specs[0].endswith(".npz"):
+        with np.load(specs[0], allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, sep, path = spec.rpartition("=")
+        if not sep or not name:
+            raise UserError(f"--input {spec!r}: expected NAME=file.npy or one file.npz")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--input {spec!r}: cannot read {path!r} as a .npy array: {e}") from None
+    return feeds
+
+
 @app.command("passes")
 def list_passes() -> None:
     """List the registered passes and the default cleanup pipeline."""
@@ -69,6 +195,9 @@ def list_passes() -> None:
     for name in sorted(REGISTRY):
         out.print(f"[bold]{name}[/]  {REGISTRY[name].summary}", highlight=False)
     out.print(f"\ndefault cleanup pipeline: {cleanup.CLEANUP_PIPELINE}", highlight=False)
+
+
+app.add_typer(targets_app, name="targets")
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from passes.base import REGISTRY, Pass, PassContext, PassResult, PipelineSyntaxError, parse_pipeline, register
 from passes.manager import IRDump, PassError, PassManager, PassRecord, PipelineResult
+import passes.lowering  # noqa: F401, E402 - registers the lowering passes (expand-functions)
 
 __all__ = [
     "REGISTRY", "IRDump", "Pass", "PassContext", "PassError", "PassManager", "PassRecord", "PassResult",

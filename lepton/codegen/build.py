@@ -1,0 +1,184 @@
+"""Build a Relax module for a target and export it into an artifact folder.
+
+Kernels: GPU targets use TVM's default GPU pipeline, which schedules every kernel with the
+`tvm.s_tir.dlight` GPU rules (unscheduled TIR is not valid GPU code). CPU targets use the
+same legalize/fuse/lower steps as TVM's CPU pipeline plus `dlight.cpu` GEMV and Reduction
+rules; Lepton's own CPU schedules slot in at `cpu_schedule_passes`.
+
+Export per `target.export`:
+- `shared-library`: `model.so`, runnable on a matching host.
+- `cross-library`: aarch64 object code linked into `model.so` with `aarch64-linux-gnu-gcc`
+  when it is on PATH, else `model.tar` (object files to link on the device) plus a note.
+- `cuda`: `model.so` (host code, CUDA kernels embedded as source, which is what TVM 0.27
+  serializes) and `model.fatbin`, the kernels compiled ahead of time by nvcc for the
+  target's arch (cubin + PTX); `lepton.load` hands the fatbin to TVM instead of compiling
+  at load time.
+- `opencl-source`: `model.so` and `kernels/model.cl`, the OpenCL C source of every kernel,
+  compiled with PoCL (or any OpenCL implementation here) to prove it valid where one exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+
+import tvm
+from tvm import relax
+
+from lepton.errors import CodegenError
+from targets import Target
+
+
+@dataclass
+class Library:
+    """What `export` wrote: the library file, its format, extra files and notes, all relative to the folder."""
+
+    path: str
+    format: str  # "shared-library" | "tar"
+    files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    kernels: dict[str, str] = field(default_factory=dict)  # device kind -> relative path of its kernel file
+
+
+def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
+    """Kernel scheduling for CPU targets (applied after fusion, before lowering)."""
+    from tvm.s_tir import dlight as dl
+
+    return [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+
+
+def relax_pipeline(target: Target) -> tvm.transform.Pass:
+    """The Relax pipeline Lepton uses for `target`."""
+    tvm_target = target.tvm_target()
+    if target.device != "cpu":
+        return relax.get_default_pipeline(tvm_target)
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonCPUPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with tvm_target:
+            seq = tvm.transform.Sequential(
+                cpu.library_dispatch_passes(tvm_target)
+                + cpu.legalize_passes(tvm_target)
+                + cpu_schedule_passes(target)
+                + cpu.dataflow_lower_passes(tvm_target)
+                + cpu.finalize_passes(tvm_target)
+            )
+            return seq(mod)
+
+    return _pipeline
+
+
+def build(mod: tvm.IRModule, target: Target) -> relax.VMExecutable:
+    """Compile a Relax module for `target`; TVM failures become `CodegenError`."""
+    try:
+        return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))
+    except Exception as e:  # noqa: BLE001 - TVM raises many types; report one
+        raise CodegenError(f"TVM failed to build the module for target {target.name!r}: {_first_line(e)}") from e
+
+
+def export(executable: relax.VMExecutable, target: Target, out_dir: str) -> Library:
+    """Write the compiled module for `target` into `out_dir` (which must exist)."""
+    try:
+        if target.export == "cross-library":
+            return _export_cross(executable, out_dir)
+        executable.export_library(os.path.join(out_dir, "model.so"))
+        lib = Library("model.so", "shared-library")
+        if target.export == "cuda":
+            _add_cuda_binary(executable, target, out_dir, lib)
+        elif target.export == "opencl-source":
+            _add_opencl_source(executable, out_dir, lib)
+        return lib
+    except CodegenError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CodegenError(f"exporting the module for target {target.name!r} failed: {_first_line(e)}") from e
+
+
+def _export_cross(executable: relax.VMExecutable, out_dir: str) -> Library:
+    gcc = shutil.which("aarch64-linux-gnu-gcc")
+    if gcc:
+        from tvm.support import cc
+
+        executable.export_library(os.path.join(out_dir, "model.so"), fcompile=cc.cross_compiler(gcc))
+        return Library("model.so", "shared-library")
+    executable.export_library(os.path.join(out_dir, "model.tar"))
+    return Library(
+        "model.tar",
+        "tar",
+        notes=[
+            "aarch64-linux-gnu-gcc was not found, so the aarch64 objects are shipped as model.tar; "
+            "link them on the device (tvm.runtime.load_module accepts the .tar with a local compiler) "
+            "or install gcc-aarch64-linux-gnu (`make system-deps`) and compile again"
+        ],
+    )
+
+
+def device_modules(executable: relax.VMExecutable, kind: str) -> list[tvm.runtime.Module]:
+    """The imported device modules of `kind` ("cuda", "opencl") inside an executable."""
+    found, stack = [], [executable.mod]
+    while stack:
+        m = stack.pop()
+        if m.kind == kind:
+            found.append(m)
+        stack.extend(m.imports)
+    return found
+
+
+def _add_opencl_source(executable: relax.VMExecutable, out_dir: str, lib: Library) -> None:
+    source = "\n".join(m.inspect_source("cl") for m in device_modules(executable, "opencl"))
+    os.makedirs(os.path.join(out_dir, "kernels"), exist_ok=True)
+    rel = os.path.join("kernels", "model.cl")
+    with open(os.path.join(out_dir, rel), "w") as f:
+        f.write(source)
+    lib.files.append(rel)
+    lib.kernels["opencl"] = rel
+    from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
+
+    checked = check_opencl(source)
+    lib.notes.append(checked.note() if checked else f"OpenCL kernels not compiled here: {opencl_unavailable()}")
+
+
+def cuda_sources(executable: relax.VMExecutable) -> list[str]:
+    """The CUDA C source of every CUDA module in the executable."""
+    return [m.inspect_source("") for m in device_modules(executable, "cuda")]
+
+
+def _add_cuda_binary(executable: relax.VMExecutable, target: Target, out_dir: str, lib: Library) -> None:
+    sources = cuda_sources(executable)
+    if len(sources) != 1:
+        raise CodegenError(f"expected one CUDA module in the build, found {len(sources)}")
+    arch = str(target.tvm_target().attrs.get("arch", "sm_80"))
+    with open(os.path.join(out_dir, "model.fatbin"), "wb") as f:
+        f.write(compile_cuda(sources[0], arch))
+    with open(os.path.join(out_dir, "model.cu"), "w") as f:
+        f.write(sources[0])
+    lib.files += ["model.fatbin", "model.cu"]
+    lib.kernels["cuda"] = "model.fatbin"
+
+
+def compile_cuda(source: str, arch: str) -> bytes:
+    """Compile CUDA C source with nvcc into a fatbin holding `arch` cubin and its PTX."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        raise CodegenError("the CUDA target needs nvcc (the CUDA toolkit) on PATH to compile kernels ahead of time")
+    sm = arch.removeprefix("sm_")
+    with tempfile.TemporaryDirectory(prefix="lepton-nvcc-") as tmp:
+        src, out = os.path.join(tmp, "model.cu"), os.path.join(tmp, "model.fatbin")
+        with open(src, "w") as f:
+            f.write(source)
+        cmd = [nvcc, "--fatbin", "-O3", f"-gencode=arch=compute_{sm},code=[sm_{sm},compute_{sm}]", "-o", out, src]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise CodegenError(f"nvcc failed to compile the CUDA kernels for {arch}:\n{proc.stderr[-2000:]}")
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:800]
