@@ -9,11 +9,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):  # TVM is imported only when compiling or loading
     if name == "compile":
-        from lepton.compile import compile
+        from lepton.compiler import compile
 
         return compile
     if name == "Compiled":
-        from lepton.compile import Compiled
+        from lepton.compiler import Compiled
 
         return Compiled
     if name == "load":

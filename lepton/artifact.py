@@ -58,14 +58,15 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One model input or output: ONNX name, numpy dtype name, dims (int, symbol name, or None = unknown)."""
+    """One model input or output: ONNX name, numpy dtype name, and dims (int, symbol name, or None =
+    unknown); `shape` is None when even the rank is unknown."""
 
     name: str
     dtype: str
-    shape: tuple[Dim, ...]
+    shape: tuple[Dim, ...] | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
 
     @classmethod
     def from_json(cls, data: Any) -> TensorSpec:
@@ -73,12 +74,14 @@ class TensorSpec:
         if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("dtype"), str):
             raise ValueError(f"tensor spec must have string 'name' and 'dtype': {data!r:.200}")
         shape = data.get("shape")
+        if shape is None:
+            return cls(data["name"], data["dtype"], None)
         if not isinstance(shape, list) or not all(d is None or isinstance(d, str) or _is_dim(d) for d in shape):
-            raise ValueError(f"tensor {data['name']!r}: 'shape' must be a list of ints >= 0, strings or null")
+            raise ValueError(f"tensor {data['name']!r}: 'shape' must be null or a list of ints >= 0, strings or null")
         return cls(data["name"], data["dtype"], tuple(shape))
 
     def __str__(self) -> str:
-        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        dims = "..." if self.shape is None else ",".join("?" if d is None else str(d) for d in self.shape)
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
@@ -222,9 +225,9 @@ def _manifest_problems(data: dict[str, Any]) -> list[str]:
     if problems:
         return problems
     try:
-        Signature.from_json(data["signature"])
+        sig = Signature.from_json(data["signature"])
     except ValueError as e:
-        problems.append(f"signature: {e}")
+        return [f"signature: {e}"]
     if not all(isinstance(k, str) and isinstance(v, str) and _SHA256.fullmatch(v) for k, v in data["files"].items()):
         problems.append("'files' must map paths to lowercase sha256 hex digests")
     if not isinstance(data["target"].get("kind"), str) or not isinstance(data["target"].get("device", "cpu"), str):
@@ -236,17 +239,24 @@ def _manifest_problems(data: dict[str, Any]) -> list[str]:
         problems.append("'tolerance' needs numbers 'rtol' and 'atol' >= 0")
     if not isinstance(data["source_model"].get("sha256"), str):
         problems.append("'source_model' needs a string 'sha256'")
-    problems += _verify_problems(data["verify"])
+    problems += _verify_problems(data["verify"], sig)
     listed = [data["library"]] + [data["verify"].get(k) for k in ("inputs", "expected")]
     problems += [f"{p!r} is not listed in 'files'" for p in listed if isinstance(p, str) and p not in data["files"]]
     return problems
 
 
-def _verify_problems(verify: dict[str, Any]) -> list[str]:
+def _verify_problems(verify: dict[str, Any], sig: Signature) -> list[str]:
+    """The bundle must feed every signature input and name only signature outputs."""
     ok = (isinstance(verify.get("inputs"), str) and isinstance(verify.get("expected"), str)
           and all(isinstance(verify.get(k), list) and all(isinstance(n, str) for n in verify[k])
                   for k in ("input_names", "output_names")))
-    return [] if ok else ["'verify' needs 'inputs', 'expected' paths and 'input_names', 'output_names' string lists"]
+    if not ok:
+        return ["'verify' needs 'inputs', 'expected' paths and 'input_names', 'output_names' string lists"]
+    if sorted(verify["input_names"]) != sorted(t.name for t in sig.inputs):
+        return [f"verify input_names {verify['input_names']} differ from the signature's inputs"]
+    if not set(verify["output_names"]) <= {t.name for t in sig.outputs} or len(set(verify["output_names"])) != len(verify["output_names"]):
+        return [f"verify output_names {verify['output_names']} are not distinct signature outputs"]
+    return []
 
 
 # --- files and hashes ---
@@ -558,7 +568,11 @@ class VerifyReport:
 
 def verify_artifact(artifact_dir: str | os.PathLike[str], device_id: int = 0) -> VerifyReport:
     """Load the artifact, run it on verify/inputs and compare with verify/expected at the manifest tolerance."""
-    module = load(artifact_dir, device_id)
+    return verify_module(load(artifact_dir, device_id))
+
+
+def verify_module(module: CompiledModule) -> VerifyReport:
+    """`verify_artifact` for a module already loaded (its files were checked when it was loaded)."""
     manifest = module.manifest
     inputs, expected = read_verify_bundle(manifest)
     actual = module.run(inputs)

@@ -75,7 +75,7 @@ def compile_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Compile MODEL for a target into an artifact folder (library, manifest, optimized model, verification bundle)."""
-    from lepton.compile import compile as run_compile
+    from lepton.compiler import compile as run_compile
     from lepton.input_shapes import parse_input_shape
     from lepton.report import compile_json, compile_summary
 

@@ -99,7 +99,7 @@ def _merge(feeds: Mapping[str, Any] | None, kwargs: dict[str, Any]) -> dict[str,
 
 def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
     """A C-contiguous array of exactly `spec.dtype`: typed arrays must match, Python values are converted."""
-    want = np.dtype(spec.dtype)
+    want = _numpy_dtype(spec)
     try:
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - any object may be passed in
@@ -111,8 +111,21 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _numpy_dtype(spec: TensorSpec) -> np.dtype:
+    """The numpy dtype named `spec.dtype`; InputError when numpy has no such dtype (e.g. "?" = unknown)."""
+    try:
+        dtype = np.dtype(spec.dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.name != spec.dtype:
+        raise InputError(f"input {spec.name!r} has dtype {spec.dtype!r}, which cannot be passed from numpy")
+    return dtype
+
+
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], bound: dict[str, tuple[int, str]]) -> None:
     """Rank and static dims must match; a symbolic dim binds its symbol (in `bound`) to one size across inputs."""
+    if spec.shape is None:
+        return
     if len(shape) != len(spec.shape):
         raise InputError(f"input {spec.name!r}: rank {len(shape)} (shape {list(shape)}), expected rank {len(spec.shape)} ({spec})")
     for axis, (want, got) in enumerate(zip(spec.shape, shape, strict=True)):

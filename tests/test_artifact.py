@@ -20,6 +20,7 @@ import targets
 from lepton import artifact, cache
 from lepton.artifact import Signature, TensorSpec, load, read_manifest, signature_from_onnx, verify_artifact, write_artifact
 from lepton.errors import ArtifactError, InputError, TamperedArtifactError, WrongDeviceError
+from lepton.module import _as_array
 
 TOL = {"rtol": 1e-4, "atol": 1e-5}
 X, BIAS, Y, IDX = "x", "bias/1", "y:0", "arg max"  # odd names: npz keys and kwargs cannot hold them all
@@ -140,6 +141,7 @@ def test_manifest_lists_and_hashes_every_file(built: Built) -> None:
 
 def test_signature_json_round_trip() -> None:
     sig = signature_from_onnx(_MODEL)
+    sig = Signature(sig.inputs, (*sig.outputs, TensorSpec("any rank", "float32", None)))
     assert Signature.from_json(json.loads(json.dumps(sig.to_json()))) == sig
     with pytest.raises(ValueError, match="repeat"):
         Signature.from_json({"inputs": [sig.inputs[0].to_json()] * 2, "outputs": []})
@@ -204,11 +206,14 @@ def test_run_rejects_ambiguous_or_positional_inputs(art: Path) -> None:
         module.run([np.zeros((2, 4), np.float32)])
 
 
-def test_python_floats_are_not_cast_to_integers(art: Path) -> None:
-    module = load(art)
-    module._signature = Signature((TensorSpec(X, "int64", (2, 4)),), module.outputs)
+def test_python_values_convert_only_within_kind() -> None:
+    spec = TensorSpec("i", "int64", (2,))
+    assert _as_array(spec, [1, 2]).dtype == np.int64
     with pytest.raises(InputError, match="dtype float64, expected int64"):
-        module.run({X: [[1.5] * 4] * 2})
+        _as_array(spec, [1.5, 2.0])
+    assert _as_array(TensorSpec("f", "float32", (2,)), [1, 2.5]).dtype == np.float32
+    with pytest.raises(InputError, match="dtype '\\?'"):
+        _as_array(TensorSpec("u", "?", (2,)), [True, False])  # np.dtype("?") would be bool
 
 
 # --- refusing tampered or foreign artifacts, before native code loads ---
@@ -274,6 +279,9 @@ def _edit_manifest(art: Path, edit: Any) -> None:
     (lambda d: d["tolerance"].update(rtol=-1), "'tolerance' needs"),
     (lambda d: d["files"].update({"model.so": "XYZ"}), "sha256 hex"),
     (lambda d: d.update(library_format="zip"), "library_format"),
+    (lambda d: d["verify"].update(output_names=["nope"]), "not distinct signature outputs"),
+    (lambda d: d["verify"].update(input_names=["x"]), "differ from the signature's inputs"),
+    (lambda d: d["verify"].update(input_names=[["x"], 1]), "string lists"),
 ])
 def test_bad_manifest_is_refused(art: Path, no_native_load: None, edit: Any, message: str) -> None:
     _edit_manifest(art, edit)
