@@ -464,9 +464,20 @@ def load(artifact_dir: str | os.PathLike[str], device_id: int = 0) -> CompiledMo
             f"artifact {manifest.path}: {manifest.library} is a tar of object files (built without a cross linker); "
             "link it into a shared library on the device, or rebuild with the cross linker installed "
             "(Debian: gcc-aarch64-linux-gnu)")
+    _use_prebuilt_cuda_kernels(manifest)
     lib = tvm.runtime.load_module(str(manifest.path / manifest.library))
     vm = tvm.relax.VirtualMachine(lib, dev)
     return CompiledModule(vm, manifest.signature, dev, manifest)
+
+
+def _use_prebuilt_cuda_kernels(manifest: Manifest) -> None:
+    """CUDA artifacts carry nvcc-compiled kernels (model.fatbin from model.cu); TVM gets those, not a JIT compile."""
+    files = manifest.files
+    if "model.fatbin" in files and "model.cu" in files:
+        from lepton.cuda_kernels import register_prebuilt
+
+        source = (manifest.path / "model.cu").read_text()
+        register_prebuilt(source, (manifest.path / "model.fatbin").read_bytes())
 
 
 def check_device(manifest: Manifest, device_id: int = 0) -> Any:

@@ -172,7 +172,7 @@ def _finish(
         say("loading and verifying the module against onnxruntime" if verify else "loading the module")
         module = artifact.load(path)
         if verify:
-            report = artifact.verify_artifact(path)
+            report = artifact.verify_module(module)
             if not report.ok:
                 bad = "; ".join(
                     f"{o.name}: max abs err {o.max_abs_err:.3g}, max rel err {o.max_rel_err:.3g} ({o.reason})"

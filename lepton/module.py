@@ -26,7 +26,7 @@ class CompiledModule:
     """Run with `module.run(x=...)`, `module(**inputs)` or `module.run({"name": array})`."""
 
     def __init__(self, vm: Any, signature: Signature, device: Any, manifest: Manifest) -> None:
-        self._vm = vm
+        self._vm = vm  # keeps the VM (and its loaded library) alive as long as `_main` is used
         self._main = vm["main"]
         self._signature = signature
         self._device = device

@@ -51,3 +51,62 @@ def test_passes_lists_the_pipeline() -> None:
     res = runner.invoke(app, ["passes"])
     assert res.exit_code == 0
     assert "eliminate-common-subexpressions" in res.stdout and "default cleanup pipeline" in res.stdout
+
+
+def test_compile_run_verify_round_trip(tmp_path: str) -> None:
+    import numpy as np
+
+    out = os.path.join(tmp_path, "art")
+    res = runner.invoke(app, ["compile", DEMO, "--target", "x86", "-o", out, "--json", "--no-cache"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["verified"] is True and report["library"] == "model.so" and report["artifact"] == out
+    assert {p["pass"] for p in report["passes"]} >= {"fold-constants", "eliminate-dead-code"}
+
+    res = runner.invoke(app, ["verify", out])
+    assert res.exit_code == 0, res.output
+    assert "logits" in res.stdout
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    np.save(os.path.join(tmp_path, "x.npy"), x)
+    res = runner.invoke(app, ["run", out, "--input", f"image={os.path.join(tmp_path, 'x.npy')}", "--json",
+                              "--save", os.path.join(tmp_path, "y.npz")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["logits"]["shape"] == [2, 10]
+    assert np.load(os.path.join(tmp_path, "y.npz"))["logits"].shape == (2, 10)
+
+    res = runner.invoke(app, ["run", out, "--input", f"wrong={os.path.join(tmp_path, 'x.npy')}"])
+    assert res.exit_code == 2 and "wrong" in res.stderr
+
+    with open(os.path.join(out, "model.so"), "r+b") as f:  # tamper
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    res = runner.invoke(app, ["verify", out])
+    assert res.exit_code == 2 and "model.so" in res.stderr
+
+
+def test_compile_user_errors_are_exit_2_and_write_nothing(tmp_path: str) -> None:
+    out = os.path.join(tmp_path, "art")
+    res = runner.invoke(app, ["compile", DEMO, "--target", "nosuch", "-o", out])
+    assert res.exit_code == 2 and "x86" in res.stderr
+    res = runner.invoke(app, ["compile", DEMO, "--target", "x86", "-o", out, "--input-shape", "image:1,1,8"])
+    assert res.exit_code == 2 and "rank" in res.stderr
+    res = runner.invoke(app, ["compile", DEMO, "--target", "x86", "-o", out, "--input-shape", "image=1"])
+    assert res.exit_code == 2 and "NAME:D1" in res.stderr
+    assert not os.path.exists(out)
+
+
+def test_compile_prints_a_summary_for_people(tmp_path: str) -> None:
+    res = runner.invoke(app, ["compile", DEMO, "--target", "arm", "-o", os.path.join(tmp_path, "arm")])
+    assert res.exit_code == 0, res.output
+    assert "compiled" in res.stdout and "arm" in res.stdout and "model." in res.stdout
+    assert "lepton verify" in res.stdout  # says how to verify on the device
+
+
+def test_targets_lists_and_shows(tmp_path: str) -> None:
+    res = runner.invoke(app, ["targets"])
+    assert res.exit_code == 0 and all(t in res.stdout for t in ("x86", "arm", "cuda", "opencl"))
+    res = runner.invoke(app, ["targets", "show", "x86", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["kind"] == "x86"

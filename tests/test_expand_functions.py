@@ -26,8 +26,8 @@ from passutil import assert_outputs_close, assert_pass_preserves, run_pass
 from strategies import onnx_models, random_inputs
 
 import lepton_ir
-from lepton_ir import Graph, LeptonError
-from passes import REGISTRY, PassContext, parse_pipeline
+from lepton_ir import Graph, LeptonError, Node, Value
+from passes import REGISTRY, parse_pipeline
 from passes.cleanup.fold import RANDOM_OPS
 from passes.lowering.expand import ExpandFunctions, _function_schema, _since
 from passes.ort import run_model
@@ -55,13 +55,13 @@ MUST_VERIFY = frozenset({
 # ----- model building helpers -------------------------------------------------------------
 
 
-def vi(name: str, shape: Sequence[int | str] | None, dtype: int = T.FLOAT) -> onnx.ValueInfoProto:
+def vi(name: str, shape: Sequence[int | str], dtype: int = T.FLOAT) -> onnx.ValueInfoProto:
     return oh.make_tensor_value_info(name, dtype, shape)
 
 
 def model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
-          opset: int = 22, inits: Sequence[onnx.TensorProto] = ()) -> onnx.ModelProto:
-    g = oh.make_graph(nodes, "g", inputs, outputs, initializer=list(inits))
+          opset: int = 22) -> onnx.ModelProto:
+    g = oh.make_graph(nodes, "g", inputs, outputs)
     return oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)], ir_version=10)
 
 
@@ -279,12 +279,17 @@ def test_secondary_output_omitted_or_present() -> None:
         assert [v.name for v in graph.outputs] == outs
 
 
-def test_unknown_input_type_is_skipped_and_counted() -> None:
-    m = model([oh.make_node("CastLike", ["x", "t"], ["y"])], [vi("x", [3]), vi("t", [1], T.DOUBLE)], [vi("y", [3], T.DOUBLE)])
+def test_unknown_input_types() -> None:
+    """A context-dependent body built from an unknown type is skipped and counted; a plain body
+    needs no types (its nested CastLike does, and stays)."""
+    nodes = [oh.make_node("CastLike", ["x", "t"], ["y"]), oh.make_node("Softsign", ["t"], ["z"])]
+    m = model(nodes, [vi("x", [3]), vi("t", [1], T.DOUBLE)], [vi("y", [3], T.DOUBLE), vi("z", [1], T.DOUBLE)])
     graph = lepton_ir.load(m)
-    graph.inputs[1].dtype = None  # the target type is what the body is built from
+    for v in [graph.inputs[1], *(o for n in graph for o in n.outputs)]:
+        v.dtype, v.shape = None, None
     result = run_pass(EXPAND, graph)
-    assert not result.modified and result.stats == {"skipped_unknown_types": 1}
+    assert result.stats == {"Softsign": 1, "skipped_unknown_types": 2}
+    assert ops(graph).count("CastLike") == 2
     assert not run_pass(EXPAND, graph).modified
 
 
@@ -299,6 +304,19 @@ def test_inconsistent_nested_body_is_skipped() -> None:
     result = run_pass(EXPAND, graph)
     assert result.stats["AffineGrid"] == 1 and result.stats["skipped_invalid_body"] >= 1
     assert "Range" in ops(graph)
+    assert_outputs_close(expected, run_model(lepton_ir.to_onnx(graph), feeds))
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_mean_variance_normalization_default_axes(opset: int) -> None:
+    """ONNX's own inference of MVN's body ignores the schema default of `axes` and fails, so
+    Lepton cannot import such a model; built directly in the IR, the expansion uses the default."""
+    x = Value("x", T.FLOAT, (2, 3, 4, 5))
+    node = Node("", "MeanVarianceNormalization", [x], outputs=[Value("y", T.FLOAT, (2, 3, 4, 5))])
+    graph = Graph(inputs=[x], outputs=list(node.outputs), nodes=[node], opset_imports={"": opset})
+    feeds = {"x": floats(2, 3, 4, 5)}
+    expected = run_model(lepton_ir.to_onnx(graph), feeds)
+    assert run_pass(EXPAND, graph).stats["MeanVarianceNormalization"] == 1
     assert_outputs_close(expected, run_model(lepton_ir.to_onnx(graph), feeds))
 
 
