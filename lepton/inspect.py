@@ -130,7 +130,7 @@ class ModelInfo:
         grid.add_row("model", f"{self.name}  [dim](producer {self.producer or '?'}, IR {self.ir_version}, {opsets})[/]")
         for label, values in (("inputs", self.inputs), ("outputs", self.outputs)):
             grid.add_row(label, "\n".join(f"{t.name}  {t.dtype}{format_shape(t.shape)}" for t in values) or "-")
-        grid.add_row("nodes", f"{self.node_count:,} ({len(self.ops)} op types)")
+        grid.add_row("nodes", f"{self.node_count:,} ({len(self.ops)} distinct ops)")
         grid.add_row("parameters", f"{_si(self.params)} ({self.param_bytes / 2**20:,.1f} MiB)")
         flops = _si(self.flops, "FLOPs")
         if not self.flops_complete:
@@ -236,8 +236,9 @@ _FREE = frozenset(
     "SpaceToDepth Range NonZero OneHot EyeLike Dropout Compress Trilu ReverseSequence CenterCropPad".split()
 )
 
-#: Ops whose cost is 2 * (multiply-adds); the value is (input index of the data, input index of the weight).
-_CONV = {"Conv": (0, 1), "ConvInteger": (0, 1), "DeformConv": (0, 1), "QLinearConv": (0, 3)}
+#: Conv-like ops -> input index of the weight [Cout, Cin/groups, *kernel].
+_CONV = {"Conv": 1, "ConvInteger": 1, "DeformConv": 1, "QLinearConv": 3}
+#: MatMul-like ops -> input indices of A and B.
 _MATMUL = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3)}
 
 
@@ -254,13 +255,15 @@ class _FlopCounter:
 
     def count(self, node: Node) -> tuple[int, str | None]:
         """(FLOPs, None), or (0, why the node is not counted)."""
-        if any(True for _ in node.subgraphs()):
+        if next(node.subgraphs(), None) is not None:
             return 0, "holds subgraphs (If/Loop/Scan bodies are not counted)"
         if node.domain != "":
             return 0, f"no FLOPs rule for domain {node.domain!r}"
+        used = set(self.used_symbols)
         try:
             flops = self._flops(node)
         except _UnknownShape as e:
+            self.used_symbols = used  # a skipped node does not depend on the symbols it read
             return 0, f"shape of {e} is not static"
         if flops is None:
             return 0, "no FLOPs rule for this op"
@@ -283,21 +286,20 @@ class _FlopCounter:
         if op in _PER_INPUT:
             return _PER_INPUT[op] * _prod(self.dims(ins[0]))
         if op in _CONV:
-            _, w = _CONV[op]
-            return 2 * _prod(self.dims(node.outputs[0])) * _prod(self.dims(ins[w])[1:])
+            return 2 * _prod(self.dims(node.outputs[0])) * _prod(self.dims(ins[_CONV[op]])[1:])
         if op == "ConvTranspose":
             return 2 * _prod(self.dims(ins[0])) * _prod(self.dims(ins[1])[1:])
         if op in _MATMUL:  # K from the weight side when it is known, as it usually is
             a, b = _MATMUL[op]
             try:
-                w = self.dims(ins[b])
-                k = w[-2] if len(w) > 1 else w[0]
+                wdims = self.dims(ins[b])
+                k = wdims[-2] if len(wdims) > 1 else wdims[0]
             except _UnknownShape:
                 k = self.dims(ins[a])[-1]
             return 2 * _prod(self.dims(node.outputs[0])) * k
         if op == "Gemm":
-            w = self.dims(ins[1])
-            return 2 * _prod(self.dims(node.outputs[0])) * w[1 if node.attr("transB", 0) else 0]
+            b_dims = self.dims(ins[1])
+            return 2 * _prod(self.dims(node.outputs[0])) * b_dims[1 if node.attr("transB", 0) else 0]
         if op in ("MaxPool", "AveragePool", "LpPool"):
             return _prod(self.dims(node.outputs[0])) * _prod(node.attr("kernel_shape", []))
         if op in ("LSTM", "GRU", "RNN"):

@@ -111,12 +111,14 @@ def _split_inputs(torch: Any, cls: str, example_inputs: Any) -> tuple[tuple[Any,
         raise TorchExportError(
             f"example_inputs= is required for a torch module ({cls}): the exporter traces forward() on them"
         )
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
     if isinstance(example_inputs, Mapping):
-        args, kwargs = (), dict(example_inputs)
+        kwargs = dict(example_inputs)
     elif isinstance(example_inputs, tuple | list):
-        args, kwargs = tuple(example_inputs), {}
+        args = tuple(example_inputs)
     else:
-        args, kwargs = (example_inputs,), {}
+        args = (example_inputs,)
     bad = [type(v).__name__ for v in [*args, *kwargs.values()] if not isinstance(v, torch.Tensor)]
     if bad or not (args or kwargs):
         raise TorchExportError(

@@ -22,12 +22,15 @@ Invariants:
 - Names: every body node and value gets a fresh model-wide unique name; the node's outputs
   keep their names (graph outputs of any graph included), and their known types.
 - Body values are typed by ONNX shape inference of the instantiated body from the node's
-  input types (symbols it invents are dropped, so they cannot clash with the model's).
+  input types (symbols it invents are dropped, so they cannot clash with the model's). When
+  every input type is known that inference is strict, and a body it rejects is not used:
+  ONNX's own bodies are not always consistent with each other (AffineGrid's body calls
+  Range with 1-element tensors, which Range's Loop body cannot take).
 - Nested function ops in a body are expanded too (same selection), up to `MAX_DEPTH` levels.
 - A node whose body cannot be had is kept and counted: `skipped_unknown_types` (a context-
   dependent body needs input types that are unknown), `skipped_no_body` (ONNX builds none
   for this node), `skipped_opset`, `skipped_invalid_body` (the body does not define an
-  output the node has).
+  output the node has, or strict inference rejects it).
 - `stats` counts expanded nodes per op type (nested ones included) plus the skips; nodes
   left behind dead (a body computing an output the node omits) are for `eliminate-dead-code`.
   Idempotent: a second run finds nothing left to expand.
@@ -210,9 +213,14 @@ def _instantiate(schema: onnx.defs.OpSchema, call: onnx.NodeProto, types: list[o
                 model = onnx.version_converter.convert_version(model, opset)
             except Exception:  # noqa: BLE001 - the converter raises bare C++ errors when it has no adapter
                 return "opset"
+            if model.graph.initializer:  # adapters add Constant nodes; a body has no initializers
+                return "opset"
         else:
             model.opset_import[0].version = opset
-    return _Body(tuple(model.graph.node), inputs, outputs, _infer(model))
+    types = _infer(model)
+    if types is None:
+        return "invalid_body"
+    return _Body(tuple(model.graph.node), inputs, outputs, types)
 
 
 def _bind(nodes: Sequence[onnx.NodeProto], attrs: dict[str, onnx.AttributeProto], omitted: set[str]) -> None:
@@ -277,12 +285,15 @@ def _body_model(
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=onnx.IR_VERSION)
 
 
-def _infer(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Inferred types of the body's values; symbolic dims not taken from the inputs are cleared."""
+def _infer(model: onnx.ModelProto) -> dict[str, onnx.TypeProto] | None:
+    """Inferred types of the body's values (symbolic dims not taken from the inputs are cleared);
+    None when strict inference finds the body inconsistent with the call's input types. With an
+    input of unknown type strict inference cannot judge, and a non-strict one types what it can."""
+    typed = all(vi.type.tensor_type.elem_type for vi in model.graph.input)
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=typed, strict_mode=typed)
     except Exception:  # noqa: BLE001 - onnx raises InferenceError or bare C++ errors
-        return {}
+        return None
     known = {d.dim_param for vi in model.graph.input for d in vi.type.tensor_type.shape.dim if d.dim_param}
     types: dict[str, onnx.TypeProto] = {}
     for vi in [*inferred.graph.value_info, *inferred.graph.output]:
