@@ -110,3 +110,12 @@ def test_targets_lists_and_shows(tmp_path: str) -> None:
     assert res.exit_code == 0 and all(t in res.stdout for t in ("x86", "arm", "cuda", "opencl"))
     res = runner.invoke(app, ["targets", "show", "x86", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["kind"] == "x86"
+
+
+def test_inspect_reports_ops_flops_and_unsupported(tmp_path: str) -> None:
+    res = runner.invoke(app, ["inspect", DEMO, "--target", "x86", "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["flops"] > 0 and info["params"] > 0 and info["unsupported"] == []
+    res = runner.invoke(app, ["inspect", DEMO])
+    assert res.exit_code == 0 and "Conv" in res.stdout

@@ -164,3 +164,16 @@ def test_deterministic() -> None:
     torch.manual_seed(2)
     m, x = MLP(), (torch.randn(1, 12), torch.randn(1, 4))
     assert export_torch(m, x).SerializeToString() == export_torch(m, x).SerializeToString()
+
+
+def test_compile_takes_a_torch_module_with_example_inputs() -> None:
+    import lepton
+
+    net = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(3, 6)
+    res = lepton.compile(net, "x86", example_inputs=(x,), use_cache=False)
+    assert res.verify_report is not None and res.verify_report.ok
+    (name,) = [s.name for s in res.manifest.signature.inputs]
+    with torch.no_grad():
+        want = net(x).numpy()
+    np.testing.assert_allclose(next(iter(res.run({name: x.numpy()}).values())), want, rtol=1e-4, atol=1e-5)
