@@ -29,7 +29,6 @@ import lepton_ir
 import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
-from lepton.codegen.frontend import CONVERTED_OPS
 from lepton.errors import UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes
 from lepton.inputs import synthesize
@@ -140,13 +139,15 @@ def compile(  # noqa: A001 - the public name the issue asks for
     return _finish(final, tgt, output_dir, verify, say, t0, cached=False)
 
 
-def optimize_for(graph: Graph, tgt: targets.Target, passes: str | None = None) -> PipelineResult:
-    """Run the target's pipeline (or `passes`), then expand function ops TVM cannot convert."""
-    from passes.lowering.expand import ExpandFunctions
+def optimize_for(
+    graph: Graph, tgt: targets.Target, passes: str | None = None, instruments: Sequence[object] = ()
+) -> PipelineResult:
+    """Run the target's pipeline (or `passes`) and the codegen lowering passes, to a fixed point."""
+    from lepton.codegen.lowering import lowering_passes
     from passes.base import parse_pipeline
 
     pipeline = parse_pipeline(passes if passes is not None else tgt.pipeline)
-    return PassManager([*pipeline, ExpandFunctions(keep=CONVERTED_OPS)]).run(graph)
+    return PassManager([*pipeline, *lowering_passes()], instruments=instruments).run(graph)
 
 
 def signature(graph: Graph) -> artifact.Signature:

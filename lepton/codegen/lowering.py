@@ -1,0 +1,21 @@
+"""The lowering passes `compile` runs after the target's pipeline, before handing the graph to TVM.
+
+Each rewrites something TVM 0.27's ONNX frontend cannot take (or takes wrongly) into ops it
+converts correctly, and must preserve onnxruntime's outputs like every other pass. Add a
+pass here (in the order it must run) when it is ready; the pass manager repeats the whole
+list, target pipeline included, to a fixed point.
+"""
+
+from __future__ import annotations
+
+from passes import Pass
+from passes.lowering.expand import ExpandFunctions
+
+from lepton.codegen.frontend import CONVERTED_OPS
+
+
+def lowering_passes() -> list[Pass]:
+    """Fresh instances of the codegen lowering passes, in order."""
+    return [
+        ExpandFunctions(keep=CONVERTED_OPS),
+    ]
