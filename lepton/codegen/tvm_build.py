@@ -44,10 +44,13 @@ class Library:
 
 
 def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Kernel scheduling for CPU targets (applied after fusion, before lowering)."""
+    """Kernel scheduling for CPU targets (after fusion, before lowering): Lepton's rules, then dlight's."""
     from tvm.s_tir import dlight as dl
 
-    return [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+    from lepton.codegen.schedules import cpu_rules
+
+    lanes = target.vector_lanes or 4
+    return [dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
 
 
 def relax_pipeline(target: Target) -> tvm.transform.Pass:

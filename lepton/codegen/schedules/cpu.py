@@ -1,0 +1,205 @@
+"""CPU schedule rules: register-tiled, vectorized, parallel kernels for conv/matmul and injective ops.
+
+Each rule gets one fused PrimFunc (after Relax legalization and fusion) and returns a
+schedule, or None to leave the function to the next rule. A rule never raises: any
+schedule error means "not my pattern" (the function then falls through to TVM's dlight
+rules and, at worst, stays unscheduled, which is correct but slow).
+
+`TiledReduction` takes functions with exactly one reduction block whose iterators are
+spatial-then-reduction (conv2d, depthwise conv, pooling windows, matmul, batch matmul,
+dense), optional injective producers (padding) and an injective epilogue of the same
+spatial shape (bias, activation, residual add). The epilogue's output is tiled as
+`[..., U, V]`: V is the innermost axis (contiguous in memory, vectorized with the target's
+fp32 lanes), U the output-channel axis for convolutions (several reduction axes) or the
+row axis for matmuls (one reduction axis), unrolled so U x V/lanes accumulators stay in
+registers. The reduction is computed into that register tile (`local` scope) at the tile's
+loop, reduction loops outside the tile, and the epilogue is applied on write-back. Outer
+loops run in parallel.
+
+`Injective` takes functions of spatial blocks only (elementwise, broadcast, transpose,
+concat, pad, ...): everything is inlined into the output block, whose loops are fused,
+split by the vector width (when it divides the extent) and run in parallel.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target import Target
+
+_SPATIAL, _REDUCE = 0, 2  # tirx.IterVar types
+_MAX_ACCUMULATORS = 24  # of 32 vector registers (AVX-512, NEON); the rest hold inputs
+
+
+def cpu_rules(lanes: int) -> list[CPUScheduleRule]:
+    """Lepton's CPU rules in order of precedence, for `lanes` fp32 lanes per vector."""
+    return [TiledReduction(lanes), Injective(lanes)]
+
+
+class _Rule(CPUScheduleRule):
+    def __init__(self, lanes: int) -> None:
+        super().__init__()
+        self.lanes = max(1, int(lanes))
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        try:
+            return self._schedule(s_tir.Schedule(func))
+        except Exception:  # noqa: BLE001 - s_tir raises ScheduleError/TVMError/ValueError for patterns it cannot do
+            return None
+
+    def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        raise NotImplementedError
+
+
+class TiledReduction(_Rule):
+    """Conv / matmul-like functions: one S..SR..R reduction block plus injective pro- and epilogue."""
+
+    def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        kinds = [_kinds(sch, b) for b in blocks]
+        reds = [i for i, k in enumerate(kinds) if "R" in k]
+        if len(reds) != 1:
+            return None
+        r = reds[0]
+        red, kind = blocks[r], kinds[r]
+        ns = len(kind) - len(kind.lstrip("S"))
+        nr = len(kind) - ns
+        if ns < 2 or kind[ns:] != "R" * nr:
+            return None
+        extents = _extents(sch, red)
+        if any(not isinstance(e, int) for e in extents[ns:]):
+            return None
+        epilogue = blocks[r + 1 :]
+        if any(kinds[i] != "S" * ns for i in range(r + 1, len(blocks))):
+            return None
+        if any(_extents(sch, b) != extents[:ns] for b in epilogue):
+            return None
+        for b in epilogue[:-1]:
+            sch.compute_inline(b)
+        if epilogue:
+            last = epilogue[-1]
+            sch.set_scope(red, 0, "local")
+        else:
+            last = sch.cache_write(red, 0, "local")  # the copy-out block; `red` now writes the local buffer
+        vec_axis = ns - 1
+        reg_axis = 1 if nr >= 2 and ns == 4 else ns - 2
+        v_ext, u_ext = extents[vec_axis], extents[reg_axis]
+        if not isinstance(v_ext, int) or not isinstance(u_ext, int):
+            return None
+        vt = _vector_tile(v_ext, self.lanes)
+        ut = _divisor_at_most(u_ext, max(1, min(16, _MAX_ACCUMULATORS // -(-vt // self.lanes))))
+
+        loops = sch.get_loops(last)
+        if len(loops) != ns:
+            return None
+        u_o, u_i = sch.split(loops[reg_axis], [None, ut])
+        v_o, v_i = sch.split(loops[vec_axis], [None, vt])
+        outer = [u_o if i == reg_axis else loops[i] for i in range(ns) if i != vec_axis]
+        sch.reorder(*outer, v_o, u_i, v_i)
+        if len(outer) > 1:
+            sch.parallel(sch.fuse(*outer))
+        elif outer:
+            sch.parallel(outer[0])
+        sch.compute_at(red, v_o, preserve_unit_loops=True)
+        inner = _loops_under(sch, red, v_o)  # one per block iterator, in iterator order (unit loops kept)
+        if len(inner) != ns + nr:
+            return None
+        spatial_inner, red_loops = inner[:ns], inner[ns:]
+        sch.reorder(*red_loops, *spatial_inner)
+        if vt > 1:
+            sch.vectorize(spatial_inner[vec_axis])
+        if ut > 1:
+            sch.unroll(spatial_inner[reg_axis])
+        sch.vectorize(v_i)
+        sch.decompose_reduction(red, red_loops[0])
+        for b in blocks[:r]:
+            _parallel_vectorize(sch, b, self.lanes)
+        return sch
+
+
+class Injective(_Rule):
+    """Functions whose blocks are all spatial: inline into the outputs, then fuse, parallelize, vectorize."""
+
+    def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if not blocks or any("R" in _kinds(sch, b) for b in blocks):
+            return None
+        for b in blocks[:-1]:
+            try:
+                sch.compute_inline(b)
+            except Exception:  # noqa: BLE001 - an output or a multi-consumer block stays a stage of its own
+                pass
+        for b in sch.get_child_blocks(sch.get_sblock("root")):
+            _parallel_vectorize(sch, b, self.lanes)
+        return sch
+
+
+def _kinds(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> str:
+    kinds = []
+    for iv in sch.get(block).iter_vars:
+        if iv.iter_type == _SPATIAL:
+            kinds.append("S")
+        elif iv.iter_type == _REDUCE:
+            kinds.append("R")
+        else:
+            kinds.append("O")
+    return "".join(kinds)
+
+
+def _extents(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> list[int | object]:
+    out: list[int | object] = []
+    for iv in sch.get(block).iter_vars:
+        e = iv.dom.extent
+        out.append(int(e) if isinstance(e, tirx.IntImm) else e)
+    return out
+
+
+def _loops_under(sch: s_tir.Schedule, block: s_tir.SBlockRV, loop: s_tir.LoopRV) -> list[s_tir.LoopRV]:
+    """The loops around `block` that are nested inside `loop`."""
+    target = sch.get(loop)
+    loops = sch.get_loops(block)
+    for i, lp in enumerate(loops):
+        if sch.get(lp).same_as(target):
+            return list(loops[i + 1 :])
+    raise ValueError("block is not under the loop")
+
+
+def _vector_tile(extent: int, lanes: int) -> int:
+    """Tile of the vectorized axis: a multiple of the lanes (up to 4 vectors on wide axes), else the
+    largest divisor <= lanes (one possibly partial vector: 56 -> 14, 7 -> 7)."""
+    for mult in (4, 2, 1):
+        if extent % (lanes * mult) == 0 and (mult == 1 or extent >= 8 * lanes):
+            return lanes * mult
+    return _divisor_at_most(extent, lanes)
+
+
+def _divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of n that is at most cap (1 if n < 1)."""
+    for d in range(min(n, cap), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _parallel_vectorize(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> None:
+    """Run a block's outer loops (fused) in parallel and vectorize its innermost loop.
+
+    The innermost loop stays a loop of its own (no div/mod of a fused index per element):
+    split by the lanes when they divide it, vectorized whole when it is at most 4 vectors.
+    """
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    *outer, last = loops
+    extent = sch.get(last).extent
+    n = int(extent) if isinstance(extent, tirx.IntImm) else None
+    if n is not None and n % lanes == 0 and n > lanes:
+        rest, vec = sch.split(last, [None, lanes])
+        outer.append(rest)
+        sch.vectorize(vec)
+    elif n is not None and 1 < n <= 4 * lanes:
+        sch.vectorize(last)
+    if outer:
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
