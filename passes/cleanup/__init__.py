@@ -5,11 +5,12 @@ order; the pass manager repeats it to a fixed point.
 """
 
 from passes.cleanup import cse, dce, fold, merge, noop, shapes
-from passes.cleanup import reshape
+from passes.cleanup import batchnorm, reshape
 
 CLEANUP_PIPELINE = ",".join(
     [
         "fold-constants",
+        "fuse-batchnorm",
         "fold-shapes",
         "infer-shapes",
         "fold-reshape-targets",
