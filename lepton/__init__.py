@@ -3,7 +3,7 @@
 from lepton_ir import LeptonError, save
 from lepton.optimize import Optimized, optimize
 
-__all__ = ["Compiled", "LeptonError", "Optimized", "compile", "load", "load_model", "optimize", "save"]
+__all__ = ["Compiled", "LeptonError", "Optimized", "compile", "load", "load_model", "optimize", "save", "verify"]
 __version__ = "0.1.0"
 
 
@@ -20,6 +20,10 @@ def __getattr__(name: str):  # TVM is imported only when compiling or loading
         from lepton.artifact import load
 
         return load
+    if name == "verify":  # the package lepton.verify, which is callable: lepton.verify(model, compiled, ...)
+        import importlib
+
+        return importlib.import_module("lepton.verify")
     if name == "load_model":
         from lepton_ir import load as load_model
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import itertools
 import json
-import math
 import os
 import platform
 import re
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any
@@ -28,12 +28,13 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from lepton.errors import ArtifactError, TamperedArtifactError, WrongDeviceError
+from lepton.verify import Case, VerifyReport, check_cases
+from lepton.verify.policy import POLICIES, Policy
 from lepton_ir.errors import InternalError
 from targets import host
 
 if TYPE_CHECKING:
     import onnx
-    import rich.table
 
     from lepton.module import CompiledModule
 
@@ -164,6 +165,11 @@ class Manifest:
         return float(self.data["tolerance"]["rtol"]), float(self.data["tolerance"]["atol"])
 
     @property
+    def policy(self) -> Policy:
+        """The verification policy (manifests without a policy name are fp32 with their rtol/atol)."""
+        return Policy.from_json(self.data["tolerance"])
+
+    @property
     def verify(self) -> dict[str, Any]:
         return self.data["verify"]
 
@@ -237,6 +243,11 @@ def _manifest_problems(data: dict[str, Any]) -> list[str]:
     tol = data["tolerance"]
     if not all(isinstance(tol.get(k), int | float) and not isinstance(tol.get(k), bool) and tol[k] >= 0 for k in ("rtol", "atol")):
         problems.append("'tolerance' needs numbers 'rtol' and 'atol' >= 0")
+    if not isinstance(tol.get("policy", "fp32"), str) or tol.get("policy", "fp32") not in POLICIES:
+        problems.append(f"'tolerance.policy' must be one of {', '.join(POLICIES)}")
+    if not all(tol.get(k) is None or isinstance(tol[k], int | float) and not isinstance(tol[k], bool) and 0 <= tol[k] <= 1
+               for k in ("min_cosine", "min_top1")):
+        problems.append("'tolerance' 'min_cosine' and 'min_top1' must be numbers in [0, 1]")
     if not isinstance(data["source_model"].get("sha256"), str):
         problems.append("'source_model' needs a string 'sha256'")
     problems += _verify_problems(data["verify"], sig)
@@ -366,11 +377,12 @@ def write_artifact(
     passes: list[dict[str, Any]],
     verify_inputs: Mapping[str, np.ndarray],
     verify_expected: Mapping[str, np.ndarray],
-    tolerance: Mapping[str, float],
+    tolerance: Policy | Mapping[str, Any],
     notes: Sequence[str] = (),
 ) -> Manifest:
     """Write verify/ and manifest.json into `out_dir`, which already holds the library (and the
-    optimized model). `target` is a `targets.Target` (anything with `to_dict()`).
+    optimized model). `target` is a `targets.Target` (anything with `to_dict()`); `tolerance` a
+    Policy or its JSON form (`{"rtol", "atol"}` alone means fp32 with those numbers).
 
     `verify_inputs` must name every signature input; `verify_expected` only signature outputs.
     """
@@ -394,7 +406,7 @@ def write_artifact(
         "signature": signature.to_json(),
         "passes": passes,
         "tools": tool_versions(),
-        "tolerance": {"rtol": float(tolerance["rtol"]), "atol": float(tolerance["atol"])},
+        "tolerance": (tolerance if isinstance(tolerance, Policy) else Policy.from_json(tolerance)).to_json(),
         "verify": {"inputs": VERIFY_INPUTS, "expected": VERIFY_EXPECTED, "input_names": in_names, "output_names": out_names},
         "notes": list(notes),
         "files": {rel: sha256_file(root / rel) for rel in list_files(root)},
@@ -528,86 +540,13 @@ def _cuda_arch_problem(dev: Any, target: dict[str, Any]) -> str | None:
 # --- verification ---
 
 
-@dataclass(frozen=True)
-class OutputCheck:
-    """One output compared with its expected value. Errors are over positions where both are finite."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    max_abs_err: float
-    max_rel_err: float
-    ok: bool
-    reason: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "max_abs_err": self.max_abs_err,
-                "max_rel_err": self.max_rel_err, "ok": self.ok, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """The artifact's outputs on its bundled inputs versus the bundled onnxruntime outputs."""
-
-    path: str
-    target: str
-    rtol: float
-    atol: float
-    outputs: tuple[OutputCheck, ...]
-
-    @property
-    def ok(self) -> bool:
-        return all(o.ok for o in self.outputs)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return {"path": self.path, "target": self.target, "ok": self.ok, "rtol": self.rtol, "atol": self.atol,
-                "outputs": [o.to_json() for o in self.outputs]}
-
-    def table(self) -> rich.table.Table:
-        """A rich table, one row per output."""
-        from rich.table import Table
-
-        table = Table(title=f"verify {self.path} ({self.target}, rtol {self.rtol:g}, atol {self.atol:g})")
-        for col in ("output", "dtype", "shape", "max abs err", "max rel err", "result"):
-            table.add_column(col, justify="right" if col.startswith("max") else "left")
-        for o in self.outputs:
-            result = "[green]ok[/green]" if o.ok else f"[red]FAIL[/red] {o.reason}"
-            table.add_row(o.name, o.dtype, str(list(o.shape)), f"{o.max_abs_err:.3g}", f"{o.max_rel_err:.3g}", result)
-        return table
-
-
 def verify_artifact(artifact_dir: str | os.PathLike[str], device_id: int = 0) -> VerifyReport:
-    """Load the artifact, run it on verify/inputs and compare with verify/expected at the manifest tolerance."""
+    """Load the artifact, run it on verify/inputs and compare with verify/expected under the manifest's policy."""
     return verify_module(load(artifact_dir, device_id))
 
 
-def verify_module(module: CompiledModule) -> VerifyReport:
-    """`verify_artifact` for a module already loaded (its files were checked when it was loaded)."""
-    manifest = module.manifest
-    inputs, expected = read_verify_bundle(manifest)
-    actual = module.run(inputs)
-    rtol, atol = manifest.tolerance
-    checks = tuple(compare(name, actual[name], want, rtol, atol) for name, want in expected.items())
-    return VerifyReport(str(manifest.path), str(manifest.target.get("name", "?")), rtol, atol, checks)
-
-
-def compare(name: str, actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> OutputCheck:
-    """Floats: |a - e| <= atol + rtol*|e| everywhere, NaN and Inf at the same places; others: exact."""
-    shape = tuple(expected.shape)
-    if actual.shape != expected.shape:
-        return OutputCheck(name, str(expected.dtype), shape, math.inf, math.inf, False,
-                           f"shape {list(actual.shape)}, expected {list(shape)}")
-    a, e = actual.astype(np.float64), expected.astype(np.float64)
-    both = np.isfinite(a) & np.isfinite(e)
-    diff = np.abs(a[both] - e[both])
-    scale = np.abs(e[both])
-    max_abs = float(diff.max(initial=0.0))
-    max_rel = float((diff[scale > 0] / scale[scale > 0]).max(initial=0.0))
-    if actual.dtype != expected.dtype:
-        return OutputCheck(name, str(expected.dtype), shape, max_abs, max_rel, False, f"dtype {actual.dtype}")
-    if np.issubdtype(expected.dtype, np.inexact):
-        ok = bool(np.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True).all())
-    else:
-        ok = bool(np.array_equal(actual, expected))
-    return OutputCheck(name, str(expected.dtype), shape, max_abs, max_rel, ok, "" if ok else "out of tolerance")
+def verify_module(module: CompiledModule, more: Iterable[Case] = ()) -> VerifyReport:
+    """`verify_artifact` for a module already loaded (its files were checked when it was loaded): the bundle,
+    then the (inputs, expected outputs) cases in `more`, judged together under the manifest's policy."""
+    bundle = read_verify_bundle(module.manifest)
+    return check_cases(module, itertools.chain([bundle], more), module.manifest.policy)

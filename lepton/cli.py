@@ -130,7 +130,8 @@ def verify_cmd(
     artifact_dir: Annotated[str, typer.Argument(help="artifact folder written by lepton compile")],
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Run the artifact on its bundled inputs and compare with onnxruntime's bundled outputs (exit 1 on mismatch)."""
+    """Run the artifact on its bundled inputs and compare with onnxruntime's bundled outputs under the artifact's
+    tolerance policy (exit 1 on mismatch): per output max abs/rel and mean error, cosine, top-1, NaN/Inf."""
     from lepton.artifact import verify_artifact
 
     try:
@@ -142,7 +143,11 @@ def verify_cmd(
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
     else:
         out.print(report.table())
-        out.print("[green]verified[/]" if report.ok else "[bold red]outputs differ beyond tolerance[/]")
+        if report.ok:
+            out.print(f"[green]verified[/]: {report.summary()}", highlight=False)
+        else:
+            out.print("[bold red]outputs differ beyond tolerance[/]", highlight=False)
+            out.print(report.summary(), highlight=False, markup=False)
     if not report.ok:
         raise typer.Exit(1)
 

@@ -31,8 +31,8 @@ from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
 from lepton.errors import UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes
-from lepton.inputs import synthesize
 from lepton.module import CompiledModule
+from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
 from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name
 from passes import PassManager, PipelineResult
@@ -40,9 +40,6 @@ from passes.ort import run_model
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
-
-#: Tolerances for fp32 outputs on CPU (DESIGN.md §6); integer and bool outputs are exact.
-FP32_TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Compiled:
     manifest: artifact.Manifest
     module: CompiledModule | None
     passes: list[dict[str, Any]] = field(default_factory=list)
-    verify_report: artifact.VerifyReport | None = None
+    verify_report: VerifyReport | None = None
     cached: bool = False
     seconds: float = 0.0
 
@@ -78,17 +75,29 @@ def compile(  # noqa: A001 - the public name the issue asks for
     passes: str | None = None,
     output_dir: str | os.PathLike | None = None,
     verify: bool = True,
+    verify_samples: int = 1,
+    verify_inputs: InputsLike | None = None,
     use_cache: bool = True,
+    bundle: bool = True,
     example_inputs: Sequence[Any] | None = None,
     progress: Progress | None = None,
 ) -> Compiled:
-    """Compile `model` for `target` and return the result (see the module docstring for the steps)."""
+    """Compile `model` for `target` and return the result (see the module docstring for the steps).
+
+    Verification (`verify`, where the target runs here) checks the module against onnxruntime on the
+    artifact's bundle — the first of `verify_inputs` (a dict, an .npz path, or an iterable of those), else
+    one synthesized sample — and then on every other given sample, or `verify_samples - 1` more synthesized
+    ones; VerificationError with the report when an output leaves the policy (`lepton.verify.policy`).
+    `bundle=False` (honoured only with `verify=False`) skips onnxruntime altogether, for callers that
+    check outputs themselves (`lepton.backend`): the artifact's bundle then holds zeros and no outputs.
+    """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     tgt = targets.resolve(target)
     say("importing the model")
     graph = _import(model, example_inputs)
     reference = lepton_ir.to_onnx(graph)
+    samples = Samples(graph, verify_inputs, verify_samples)
     source_sha = hashlib.sha256(reference.SerializeToString(deterministic=True)).hexdigest()
     options = {"input_shapes": {k: list(map(int, v)) for k, v in (input_shapes or {}).items()}, "passes": passes}
     key = cache.cache_key(source_sha, tgt.key(), options)
@@ -96,7 +105,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
         hit = cache.lookup(key)
         if hit is not None:
             say("found in the compile cache")
-            return _finish(str(hit), tgt, output_dir, verify, say, t0, cached=True)
+            return _finish(str(hit), tgt, output_dir, verify, say, t0, cached=True, reference=reference, samples=samples)
 
     if input_shapes:
         pin_input_shapes(graph, input_shapes)
@@ -115,9 +124,18 @@ def compile(  # noqa: A001 - the public name the issue asks for
         say("writing the artifact")
         lib = export(executable, tgt, work)
         lepton_ir.save(graph, os.path.join(work, "model.opt.onnx"))
-        say("running onnxruntime for the verification bundle")
-        feeds = synthesize(graph)
-        expected = run_model(reference, feeds)
+        sig = signature(graph)
+        notes = list(lib.notes)
+        if bundle or verify:
+            say("running onnxruntime for the verification bundle")
+            feeds = samples.first({t.name: t.shape for t in sig.inputs}, guess_shapes=not verify)
+            expected = run_model(reference, feeds)
+            if not verify and not samples.given and samples.shape_inputs:
+                notes.append(f"the verification bundle's values for {', '.join(samples.shape_inputs)} were guessed (they "
+                             "set shapes and the compile was not verified); rebuild with verify_inputs= for a meaningful bundle")
+        else:  # the caller checks outputs itself (lepton.backend): onnxruntime need not run, or even load, the model
+            feeds, expected = _placeholder_inputs(graph), {}
+            notes.append("compiled with bundle=False: verify/ holds zero inputs and no expected outputs")
         artifact.write_artifact(
             work,
             library=lib.path,
@@ -125,18 +143,18 @@ def compile(  # noqa: A001 - the public name the issue asks for
             target=tgt,
             source_sha256=source_sha,
             source_name=_model_name(model),
-            signature=signature(graph),
+            signature=sig,
             passes=_pass_log(log),
             verify_inputs=feeds,
             verify_expected=expected,
-            tolerance=FP32_TOLERANCE,
-            notes=lib.notes,
+            tolerance=choose_policy(t.dtype for t in sig.outputs),
+            notes=notes,
         )
         final = str(cache.store(key, work)) if use_cache else _keep(work)
     finally:
         if os.path.isdir(work) and use_cache:
             shutil.rmtree(work, ignore_errors=True)
-    return _finish(final, tgt, output_dir, verify, say, t0, cached=False)
+    return _finish(final, tgt, output_dir, verify, say, t0, cached=False, reference=reference, samples=samples)
 
 
 def optimize_for(
@@ -160,8 +178,10 @@ def signature(graph: Graph) -> artifact.Signature:
 
 
 def _finish(
-    path: str, tgt: targets.Target, output_dir: str | os.PathLike | None, verify: bool, say: Progress, t0: float, *, cached: bool
+    path: str, tgt: targets.Target, output_dir: str | os.PathLike | None, verify: bool, say: Progress, t0: float, *,
+    cached: bool, reference: onnx.ModelProto, samples: Samples,
 ) -> Compiled:
+    """Copy to `output_dir`, load where the target runs here, and verify: the bundle, then `samples.rest()`."""
     if output_dir is not None:
         out = os.fspath(output_dir)
         if os.path.abspath(out) != os.path.abspath(path):
@@ -173,15 +193,12 @@ def _finish(
         say("loading and verifying the module against onnxruntime" if verify else "loading the module")
         module = artifact.load(path)
         if verify:
-            report = artifact.verify_module(module)
+            more = samples.rest({t.name: t.shape for t in module.inputs})
+            report = artifact.verify_module(module, live_cases(Reference(reference), more, start=1))
             if not report.ok:
-                bad = "; ".join(
-                    f"{o.name}: max abs err {o.max_abs_err:.3g}, max rel err {o.max_rel_err:.3g} ({o.reason})"
-                    for o in report.outputs if not o.ok
-                )
                 raise VerificationError(
-                    f"the module built in {path} does not compute what onnxruntime computes "
-                    f"(rtol {report.rtol:g}, atol {report.atol:g}): {bad}",
+                    f"the module built in {path} does not compute what onnxruntime computes, under policy "
+                    f"{report.policy.describe()} on {report.samples} sample(s):\n{report.summary()}",
                     report,
                 )
     return Compiled(path, tgt, manifest, module, manifest.passes, report, cached, time.perf_counter() - t0)
@@ -218,6 +235,14 @@ def _pass_log(log: PipelineResult) -> list[dict[str, Any]]:
          "nodes_before": r.nodes_before, "nodes_after": r.nodes_after, "stats": dict(r.stats)}
         for r in log.records
     ]
+
+
+def _placeholder_inputs(graph: Graph) -> dict[str, np.ndarray]:
+    """Zeros of each input's dtype and shape (symbolic dims 1) for an artifact without a real bundle."""
+    from lepton_ir.types import np_dtype
+
+    return {v.name: np.zeros([d if isinstance(d, int) else 1 for d in v.shape or ()], np_dtype(v.dtype))
+            for v in graph.inputs}
 
 
 def _keep(work: str) -> str:

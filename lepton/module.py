@@ -108,7 +108,7 @@ def _as_array(spec: TensorSpec, value: Any) -> np.ndarray:
         arr = arr.astype(want)
     if arr.dtype != want:
         raise InputError(f"input {spec.name!r}: dtype {arr.dtype}, expected {spec.dtype} (convert it with .astype(np.{spec.dtype}))")
-    return np.ascontiguousarray(arr)
+    return arr if arr.flags.c_contiguous else np.array(arr, order="C")  # ascontiguousarray would make 0-d arrays 1-d
 
 
 def _numpy_dtype(spec: TensorSpec) -> np.dtype:

@@ -71,6 +71,7 @@ def compile_summary(out: Console, result: Any) -> None:
         out.print(f"[yellow]note:[/] {note}", highlight=False)
     if result.verify_report is not None:
         out.print(result.verify_report.table())
+        out.print(f"[green]verified[/]: {result.verify_report.summary()}", highlight=False)
     elif result.module is None:
         out.print(f"not verified here: {result.target.name} modules do not run on this machine; "
                   f"run `lepton verify {result.path}` on the device", highlight=False)
