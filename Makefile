@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install test test-all demo bench clean system-deps
+.PHONY: install test test-all demo bench bench-latency clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 ## bench: cleanup-pipeline benchmark against onnxoptimizer and onnxsim (writes bench/results/)
 bench: $(STAMP)
 	$(BIN)/python -m bench.cleanup
+
+## bench-latency: batch-1 latency of the bench models: onnxruntime vs TVM default vs Lepton (writes bench/results/)
+bench-latency: $(STAMP)
+	$(BIN)/python -m bench.latency
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis
