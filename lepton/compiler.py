@@ -29,8 +29,8 @@ import lepton_ir
 import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
-from lepton.errors import UnsupportedOpsError, VerificationError
-from lepton.input_shapes import InputShapes, pin_input_shapes
+from lepton.errors import CodegenError, UnsupportedOpsError, VerificationError
+from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
 from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
 from lepton_ir import Graph, UserError
@@ -117,7 +117,16 @@ def compile(  # noqa: A001 - the public name the issue asks for
     say("lowering to TVM Relax")
     mod = to_relax(graph)
     say(f"building with TVM for {tgt.name} ({tgt.kind})")
-    executable = build(mod, tgt)
+    try:
+        executable = build(mod, tgt)
+    except CodegenError as e:
+        dynamic = symbolic_inputs(graph)
+        if not dynamic:
+            raise
+        raise CodegenError(
+            f"{e}\nThe model still has symbolic input dims ({'; '.join(dynamic)}); TVM may need them static: "
+            "pin them with --input-shape NAME:D1,D2,... (input_shapes= in Python)"
+        ) from e
 
     work = tempfile.mkdtemp(prefix="lepton-build-")
     try:
