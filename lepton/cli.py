@@ -71,6 +71,7 @@ def compile_cmd(
     passes: Annotated[str | None, typer.Option("--passes", help="pass pipeline instead of the target's")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="do not check the module against onnxruntime")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="build even if the compile cache has this build")] = False,
+    bisect: Annotated[bool, typer.Option("--bisect", help="first check the graph after every pass against onnxruntime; stop at the first that breaks it")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
@@ -81,22 +82,72 @@ def compile_cmd(
 
     try:
         shapes = dict(parse_input_shape(s) for s in input_shape or [])
-        with err.status("compiling", spinner="dots") if not (quiet or as_json) else nullcontext() as status:
-            def progress(msg: str) -> None:
-                if status is not None:
-                    status.update(msg)
+        if bisect and not _bisect_ok(model, target, shapes, passes, as_json, quiet):
+            result = None
+        else:
+            with err.status("compiling", spinner="dots") if not (quiet or as_json) else nullcontext() as status:
+                def progress(msg: str) -> None:
+                    if status is not None:
+                        status.update(msg)
 
-            result = run_compile(
-                model, target, input_shapes=shapes, passes=passes, output_dir=output,
-                verify=not no_verify, use_cache=not no_cache, progress=progress,
-            )
+                result = run_compile(
+                    model, target, input_shapes=shapes, passes=passes, output_dir=output,
+                    verify=not no_verify, use_cache=not no_cache, progress=progress,
+                )
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
         _fail(e)
         return
+    if result is None:  # the bisection found a pass or the codegen changing the outputs
+        raise typer.Exit(1)
     if as_json:
         sys.stdout.write(json.dumps(compile_json(result), indent=2) + "\n")
     elif not quiet:
         compile_summary(out, result)
+
+
+def _bisect_ok(model: str, target: str, shapes: dict[str, list[int]], passes: str | None, as_json: bool, quiet: bool) -> bool:
+    """Run the bisection and print its report; whether no pass and no codegen step broke the outputs."""
+    from lepton.bisect import bisect as run_bisect
+
+    with err.status("bisecting", spinner="dots") if not (quiet or as_json) else nullcontext() as status:
+        report = run_bisect(model, target, input_shapes=shapes, passes=passes,
+                            progress=(lambda m: status.update(m)) if status is not None else None)
+    if as_json and not report.ok:
+        sys.stdout.write(json.dumps({"bisect": report.to_json()}, indent=2) + "\n")
+    elif not quiet:
+        (out if not as_json else err).print(report.table())
+        (out if not as_json else err).print(report.verdict(), highlight=False)
+    return report.ok
+
+
+@app.command("bisect")
+def bisect_cmd(
+    model: Annotated[str, typer.Argument(help="ONNX model file")],
+    target: Annotated[str, typer.Option("--target", "-t", help="target name, NAME{opt=v}, a .toml file, or auto")] = "auto",
+    input_shape: Annotated[list[str] | None, typer.Option("--input-shape", help="pin an input's shape: NAME:D1,D2,... (repeatable)")] = None,
+    passes: Annotated[str | None, typer.Option("--passes", help="pass pipeline instead of the target's")] = None,
+    inputs: Annotated[str | None, typer.Option("--inputs", help=".npz file with the inputs to check on (default: synthesized)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Find the first pass that changes MODEL's outputs beyond tolerance, else check the TVM module (exit 1 on a finding)."""
+    from lepton.bisect import bisect as run_bisect
+    from lepton.input_shapes import parse_input_shape
+
+    try:
+        shapes = dict(parse_input_shape(s) for s in input_shape or [])
+        with err.status("bisecting", spinner="dots") if not as_json else nullcontext() as status:
+            report = run_bisect(model, target, input_shapes=shapes, passes=passes, inputs=inputs,
+                                progress=(lambda m: status.update(m)) if status is not None else None)
+    except Exception as e:  # noqa: BLE001
+        _fail(e)
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
+    else:
+        out.print(report.table())
+        out.print(report.verdict(), highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command("run")
