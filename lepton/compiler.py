@@ -36,7 +36,6 @@ from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_p
 from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name
 from passes import PassManager, PipelineResult
-from passes.ort import run_model
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
@@ -138,7 +137,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
         if bundle or verify:
             say("running onnxruntime for the verification bundle")
             feeds = samples.first({t.name: t.shape for t in sig.inputs}, guess_shapes=not verify)
-            expected = run_model(reference, feeds)
+            expected = Reference(reference).run(feeds)
             if not verify and not samples.given and samples.shape_inputs:
                 notes.append(f"the verification bundle's values for {', '.join(samples.shape_inputs)} were guessed (they "
                              "set shapes and the compile was not verified); rebuild with verify_inputs= for a meaningful bundle")

@@ -35,7 +35,8 @@ class UnsupportedOpsError(UnsupportedModelError):
         more = f"\n  ... and {len(nodes) - 50} more" if len(nodes) > 50 else ""
         super().__init__(
             f"{len(nodes)} node(s) use ops target {target!r} cannot compile ({', '.join(ops)}):\n{lines}{more}\n"
-            "Replace these ops in the exported model, or file an issue with the model."
+            "Where a reason names a symbolic dim, pin it (--input-shape / input_shapes=); otherwise replace these ops "
+            "in the exported model, or file an issue with the model."
         )
 
 

@@ -226,8 +226,9 @@ def test_front_doors_bytes_proto_and_graph_give_the_same_module(demo_x86: lepton
 def test_out_of_tolerance_module_raises_verification_error(tmp_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import lepton.compiler as compile_mod
 
-    real = compile_mod.run_model
-    monkeypatch.setattr(compile_mod, "run_model", lambda m, feeds: {k: v + 1e-2 for k, v in real(m, feeds).items()})
+    real = compile_mod.Reference.run
+    monkeypatch.setattr(compile_mod.Reference, "run",
+                        lambda self, feeds, sample=0: {k: v + 1e-2 for k, v in real(self, feeds, sample).items()})
     with pytest.raises(VerificationError) as e:
         lepton.compile(DEMO, "x86", output_dir=os.path.join(tmp_path, "v"), use_cache=False)
     assert e.value.exit_code == 1 and "logits" in str(e.value)

@@ -19,9 +19,15 @@ from lepton.errors import ConversionError, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
 from lepton_ir import Graph, Node, to_onnx
 from lepton_ir.types import dtype_name
+from passes.lowering import unlowered_reason
+
+#: Default-domain ops whose name TVM's frontend gives to a converter of a different op: its "Attention"
+#: is onnxruntime's contrib op (attribute `num_heads`, packed QKV weights), not ONNX's Attention (opset 23).
+#: They count as unconverted, so expand-functions replaces them by their ONNX function bodies.
+MISREAD_OPS: frozenset[str] = frozenset({"Attention"})
 
 #: Ops TVM 0.27's ONNX frontend converts (it reads `op_type` only, whatever the domain).
-CONVERTED_OPS: frozenset[str] = frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant"}
+CONVERTED_OPS: frozenset[str] = (frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant"}) - MISREAD_OPS
 
 #: Contrib ops the frontend converts under Microsoft's domain (onnxruntime's fused ops).
 _MS_OPS = frozenset({"BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLayerNormalization", "MatMulInteger16"})
@@ -49,7 +55,7 @@ def unsupported_nodes(graph: Graph) -> list[UnsupportedNode]:
 def _why_unsupported(node: Node) -> str | None:
     if node.domain in ("", "ai.onnx"):
         if node.op_type not in CONVERTED_OPS:
-            return "TVM's ONNX frontend has no converter for this op"
+            return unlowered_reason(node) or "TVM's ONNX frontend has no converter for this op"
     elif node.domain == "com.microsoft":
         if node.op_type not in _MS_OPS:
             return "onnxruntime contrib op TVM does not convert"

@@ -9,7 +9,12 @@ list, target pipeline included, to a fixed point.
 from __future__ import annotations
 
 from passes import Pass
+from passes.lowering.dynamic_shapes import CanonicalizeDynamicShapes
+from passes.lowering.empty_inputs import FoldEmptyInputs
 from passes.lowering.expand import ExpandFunctions
+from passes.lowering.misconverted import ExpandMisconverted
+from passes.lowering.recurrent import LowerRecurrent
+from passes.lowering.unroll import UnrollScan
 
 from lepton.codegen.frontend import CONVERTED_OPS
 
@@ -17,5 +22,10 @@ from lepton.codegen.frontend import CONVERTED_OPS
 def lowering_passes() -> list[Pass]:
     """Fresh instances of the codegen lowering passes, in order."""
     return [
+        FoldEmptyInputs(),
         ExpandFunctions(keep=CONVERTED_OPS),
+        ExpandMisconverted(),
+        LowerRecurrent(),
+        CanonicalizeDynamicShapes(),
+        UnrollScan(),
     ]

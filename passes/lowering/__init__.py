@@ -1,8 +1,19 @@
 """Lowering passes: rewrite what the TVM frontend cannot take into what it can.
 
-Importing this package registers every lowering pass.
+Importing this package registers every lowering pass. `unlowered_reason(node)` says why a
+lowering pass leaves a node the frontend cannot convert (for the unsupported-op report).
 """
 
-from passes.lowering import expand
+from __future__ import annotations
 
-__all__ = ["expand"]
+from lepton_ir import Node
+
+from passes.lowering import dynamic_shapes, empty_inputs, expand, misconverted, recurrent, unroll
+
+
+def unlowered_reason(node: Node) -> str | None:
+    """Why no lowering pass rewrote `node` (None when no lowering pass handles its op)."""
+    return recurrent.reason(node)
+
+
+__all__ = ["dynamic_shapes", "empty_inputs", "expand", "misconverted", "recurrent", "unlowered_reason", "unroll"]
