@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from lepton.cli_targets import targets_app
+from lepton.cli_tune import tune_cmd
 from lepton.report import console
 from lepton_ir import LeptonError, UserError
 
@@ -254,6 +255,7 @@ def list_passes() -> None:
 
 
 app.add_typer(targets_app, name="targets")
+app.command("tune")(tune_cmd)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from lepton.codegen import build, export, to_relax, unsupported_nodes
 from lepton.errors import CodegenError, UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
+from lepton.tuning import fingerprint
 from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
 from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name
@@ -99,6 +100,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     samples = Samples(graph, verify_inputs, verify_samples)
     source_sha = hashlib.sha256(reference.SerializeToString(deterministic=True)).hexdigest()
     options = {"input_shapes": {k: list(map(int, v)) for k, v in (input_shapes or {}).items()}, "passes": passes}
+    options["tuning"] = fingerprint(tgt)  # the tuning databases compile would apply are part of the build
     key = cache.cache_key(source_sha, tgt.key(), options)
     if use_cache:
         hit = cache.lookup(key)

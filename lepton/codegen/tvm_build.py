@@ -2,8 +2,9 @@
 
 Kernels: GPU targets use TVM's default GPU pipeline, which schedules every kernel with the
 `tvm.s_tir.dlight` GPU rules (unscheduled TIR is not valid GPU code). CPU targets use the
-same legalize/fuse/lower steps as TVM's CPU pipeline plus `dlight.cpu` GEMV and Reduction
-rules; Lepton's own CPU schedules slot in at `cpu_schedule_passes`.
+same legalize/fuse/lower steps as TVM's CPU pipeline; kernels are scheduled at
+`cpu_schedule_passes`: tuning databases first (`lepton.tuning`), then Lepton's own CPU
+schedules, then the `dlight.cpu` GEMV and Reduction rules.
 
 Export per `target.export`:
 - `shared-library`: `model.so`, runnable on a matching host.
@@ -43,14 +44,24 @@ class Library:
     kernels: dict[str, str] = field(default_factory=dict)  # device kind -> relative path of its kernel file
 
 
+def cpu_prepare_passes(tvm_target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Library dispatch, legalization and fusion on CPU targets: they make the functions that kernel
+    scheduling sees, so tuning (`lepton.tuning.extract_tasks`) runs exactly these to find its workloads."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
+
+
 def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Kernel scheduling for CPU targets (after fusion, before lowering): Lepton's rules, then dlight's."""
+    """Kernel scheduling for CPU targets (after fusion, before lowering): the target's tuning databases
+    (shipped, then local; none exist: no pass), then Lepton's rules, then dlight's."""
     from tvm.s_tir import dlight as dl
 
     from lepton.codegen.schedules import cpu_rules
+    from lepton.tuning.database import apply_passes
 
     lanes = target.vector_lanes or 4
-    return [dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
+    return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
 
 
 def relax_pipeline(target: Target) -> tvm.transform.Pass:
@@ -64,8 +75,7 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with tvm_target:
             seq = tvm.transform.Sequential(
-                cpu.library_dispatch_passes(tvm_target)
-                + cpu.legalize_passes(tvm_target)
+                cpu_prepare_passes(tvm_target)
                 + cpu_schedule_passes(target)
                 + cpu.dataflow_lower_passes(tvm_target)
                 + cpu.finalize_passes(tvm_target)

@@ -14,7 +14,9 @@ fp32 lanes), U the output-channel axis for convolutions (several reduction axes)
 row axis for matmuls (one reduction axis), unrolled so U x V/lanes accumulators stay in
 registers. The reduction is computed into that register tile (`local` scope) at the tile's
 loop, reduction loops outside the tile, and the epilogue is applied on write-back. Outer
-loops run in parallel.
+loops run in parallel. The tile decisions (U's axis for convolutions, V, U) are a template:
+`TiledReduction` takes the defaults, `tiled_reduction_space` draws them with
+`sample_categorical` for tuning (`lepton.tuning`), index 0 being the default.
 
 `Injective` takes functions of spatial blocks only (elementwise, broadcast, transpose,
 concat, pad, ...): everything is inlined into the output block, whose loops are fused,
@@ -22,6 +24,8 @@ split by the vector width (when it divides the extent) and run in parallel.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
@@ -57,66 +61,103 @@ class TiledReduction(_Rule):
     """Conv / matmul-like functions: one S..SR..R reduction block plus injective pro- and epilogue."""
 
     def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        kinds = [_kinds(sch, b) for b in blocks]
-        reds = [i for i, k in enumerate(kinds) if "R" in k]
-        if len(reds) != 1:
-            return None
-        r = reds[0]
-        red, kind = blocks[r], kinds[r]
-        ns = len(kind) - len(kind.lstrip("S"))
-        nr = len(kind) - ns
-        if ns < 2 or kind[ns:] != "R" * nr:
-            return None
-        extents = _extents(sch, red)
-        if any(not isinstance(e, int) for e in extents[ns:]):
-            return None
-        epilogue = blocks[r + 1 :]
-        if any(kinds[i] != "S" * ns for i in range(r + 1, len(blocks))):
-            return None
-        if any(_extents(sch, b) != extents[:ns] for b in epilogue):
-            return None
-        for b in epilogue[:-1]:
-            sch.compute_inline(b)
-        if epilogue:
-            last = epilogue[-1]
-            sch.set_scope(red, 0, "local")
-        else:
-            last = sch.cache_write(red, 0, "local")  # the copy-out block; `red` now writes the local buffer
-        vec_axis = ns - 1
-        reg_axis = 1 if nr >= 2 and ns == 4 else ns - 2
-        v_ext, u_ext = extents[vec_axis], extents[reg_axis]
-        if not isinstance(v_ext, int) or not isinstance(u_ext, int):
-            return None
-        vt = _vector_tile(v_ext, self.lanes)
-        ut = _divisor_at_most(u_ext, max(1, min(16, _MAX_ACCUMULATORS // -(-vt // self.lanes))))
+        return tiled_reduction(sch, self.lanes, _default_pick)
 
-        loops = sch.get_loops(last)
-        if len(loops) != ns:
-            return None
-        u_o, u_i = sch.split(loops[reg_axis], [None, ut])
-        v_o, v_i = sch.split(loops[vec_axis], [None, vt])
-        outer = [u_o if i == reg_axis else loops[i] for i in range(ns) if i != vec_axis]
-        sch.reorder(*outer, v_o, u_i, v_i)
-        if len(outer) > 1:
-            sch.parallel(sch.fuse(*outer))
-        elif outer:
-            sch.parallel(outer[0])
-        sch.compute_at(red, v_o, preserve_unit_loops=True)
-        inner = _loops_under(sch, red, v_o)  # one per block iterator, in iterator order (unit loops kept)
-        if len(inner) != ns + nr:
-            return None
-        spatial_inner, red_loops = inner[:ns], inner[ns:]
-        sch.reorder(*red_loops, *spatial_inner)
-        if vt > 1:
-            sch.vectorize(spatial_inner[vec_axis])
-        if ut > 1:
-            sch.unroll(spatial_inner[reg_axis])
-        sch.vectorize(v_i)
-        sch.decompose_reduction(red, red_loops[0])
-        for b in blocks[:r]:
-            _parallel_vectorize(sch, b, self.lanes)
-        return sch
+
+#: How the template takes a decision: `pick(sch, candidates)` -> (split factor or axis for the schedule,
+#: its value for the template's own control flow). `candidates[0]` is always the default rule's choice.
+Pick = Callable[[s_tir.Schedule, list[int]], tuple["int | tirx.PrimExpr", int]]
+
+
+def _default_pick(_sch: s_tir.Schedule, candidates: list[int]) -> tuple[int, int]:
+    return candidates[0], candidates[0]
+
+
+def tiled_reduction_space(sch: s_tir.Schedule, lanes: int, decisions: Sequence[int] = ()) -> s_tir.Schedule:
+    """`TiledReduction`'s template with its decisions drawn by `sch.sample_categorical`, for MetaSchedule.
+
+    Decisions, in the order they are taken (each list puts the default rule's choice first, index 0):
+    the register-tile axis (convolutions only: output channels or output rows), the vector tile V
+    (divisors of the innermost axis: multiples of the lanes up to 4 vectors, else partial vectors),
+    and the register tile U (divisors of the register axis with U x ceil(V / lanes) <= 32 accumulators).
+    `decisions[i]` fixes the i-th (index into its candidates); missing ones are 0, so the default
+    decisions give exactly the default rule's schedule, and the trace records every decision.
+    Raises ValueError where the template does not apply (a design space must not be silently empty).
+    """
+    taken = iter(decisions)
+
+    def pick(s: s_tir.Schedule, candidates: list[int]) -> tuple[tirx.PrimExpr, int]:
+        rv = s.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates), decision=next(taken, 0))
+        return rv, int(s.get(rv))
+
+    if tiled_reduction(sch, lanes, pick) is None:
+        raise ValueError("the function is not a conv/matmul-like reduction Lepton's template takes")
+    return sch
+
+
+def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedule | None:
+    """The tiled conv/matmul schedule (module docstring), its tile decisions taken by `pick`; None if not applicable."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    kinds = [_kinds(sch, b) for b in blocks]
+    reds = [i for i, k in enumerate(kinds) if "R" in k]
+    if len(reds) != 1:
+        return None
+    r = reds[0]
+    red, kind = blocks[r], kinds[r]
+    ns = len(kind) - len(kind.lstrip("S"))
+    nr = len(kind) - ns
+    if ns < 2 or kind[ns:] != "R" * nr:
+        return None
+    extents = _extents(sch, red)
+    if any(not isinstance(e, int) for e in extents[ns:]):
+        return None
+    epilogue = blocks[r + 1 :]
+    if any(kinds[i] != "S" * ns for i in range(r + 1, len(blocks))):
+        return None
+    if any(_extents(sch, b) != extents[:ns] for b in epilogue):
+        return None
+    vec_axis = ns - 1
+    reg_axes = [1, ns - 2] if nr >= 2 and ns == 4 else [ns - 2]
+    for b in epilogue[:-1]:
+        sch.compute_inline(b)
+    if epilogue:
+        last = epilogue[-1]
+        sch.set_scope(red, 0, "local")
+    else:
+        last = sch.cache_write(red, 0, "local")  # the copy-out block; `red` now writes the local buffer
+    _, reg_axis = pick(sch, reg_axes) if len(reg_axes) > 1 else (reg_axes[0], reg_axes[0])
+    v_ext, u_ext = extents[vec_axis], extents[reg_axis]
+    if not isinstance(v_ext, int) or not isinstance(u_ext, int):
+        return None
+    v_factor, vt = pick(sch, _vector_tiles(v_ext, lanes))
+    u_factor, ut = pick(sch, _register_tiles(u_ext, -(-vt // lanes)))
+
+    loops = sch.get_loops(last)
+    if len(loops) != ns:
+        return None
+    u_o, u_i = sch.split(loops[reg_axis], [None, u_factor])
+    v_o, v_i = sch.split(loops[vec_axis], [None, v_factor])
+    outer = [u_o if i == reg_axis else loops[i] for i in range(ns) if i != vec_axis]
+    sch.reorder(*outer, v_o, u_i, v_i)
+    if len(outer) > 1:
+        sch.parallel(sch.fuse(*outer))
+    elif outer:
+        sch.parallel(outer[0])
+    sch.compute_at(red, v_o, preserve_unit_loops=True)
+    inner = _loops_under(sch, red, v_o)  # one per block iterator, in iterator order (unit loops kept)
+    if len(inner) != ns + nr:
+        return None
+    spatial_inner, red_loops = inner[:ns], inner[ns:]
+    sch.reorder(*red_loops, *spatial_inner)
+    if vt > 1:
+        sch.vectorize(spatial_inner[vec_axis])
+    if ut > 1:
+        sch.unroll(spatial_inner[reg_axis])
+    sch.vectorize(v_i)
+    sch.decompose_reduction(red, red_loops[0])
+    for b in blocks[:r]:
+        _parallel_vectorize(sch, b, lanes)
+    return sch
 
 
 class Injective(_Rule):
@@ -173,6 +214,24 @@ def _vector_tile(extent: int, lanes: int) -> int:
         if extent % (lanes * mult) == 0 and (mult == 1 or extent >= 8 * lanes):
             return lanes * mult
     return _divisor_at_most(extent, lanes)
+
+
+def _vector_tiles(extent: int, lanes: int) -> list[int]:
+    """Vector tile candidates: the default `_vector_tile` first, then the other multiples of the lanes up to
+    4 vectors that divide the extent, or (no multiple divides it) its divisors between half a vector and 4."""
+    default = _vector_tile(extent, lanes)
+    divisors = [d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0]
+    whole = [d for d in divisors if d % lanes == 0]
+    others = whole if whole else [d for d in divisors if d >= lanes // 2]
+    return [default, *(d for d in others if d != default)]
+
+
+def _register_tiles(extent: int, vectors: int) -> list[int]:
+    """Register tile candidates for `vectors` vectors per row: the default (at most 16 rows and
+    `_MAX_ACCUMULATORS` accumulators) first, then every divisor of the extent within 32 accumulators."""
+    default = _divisor_at_most(extent, max(1, min(16, _MAX_ACCUMULATORS // vectors)))
+    others = [d for d in range(1, min(extent, 32 // vectors) + 1) if extent % d == 0 and d != default]
+    return [default, *others]
 
 
 def _divisor_at_most(n: int, cap: int) -> int:

@@ -1,0 +1,156 @@
+"""Build the shipped tuning database for this machine's x86 target from the bench models.
+
+    python -m lepton.tuning.ship [--minutes resnet18=5,resnet50=7,...] [--work build/tuning]
+
+For each bench model: tune (resumable, into `<work>/<tuning_key>/`, shipped workloads included),
+then write the pruned database (best record per workload) to `targets/tuning/<tuning_key>/`
+and `MANIFEST.json` there: TVM version, target, CPU, trials and time per model, and end-to-end
+latency of the compiled model with the default schedules and with the shipped database
+(interleaved runs, median), next to onnxruntime's. Run it on the reference machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+import lepton
+import targets
+from lepton.tuning import database as dbs
+from lepton.tuning.tuner import EVALUATOR, TuneReport, tune
+
+DEFAULT_MINUTES = {"resnet18": 5.0, "resnet50": 7.0, "mobilenet_v2": 7.0, "bert_small": 3.0, "bert_base": 4.0}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_MINUTES.items()),
+                        help="tuning minutes per bench model, NAME=MIN,...")
+    parser.add_argument("--work", default="build/tuning", help="folder of the full (resumable) databases")
+    parser.add_argument("--target", default="x86")
+    args = parser.parse_args(argv)
+    minutes = {k: float(v) for k, v in (item.split("=") for item in args.minutes.split(","))}
+    ship(minutes, Path(args.work), args.target)
+
+
+def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str, Any]:
+    """Tune, prune, measure and write the shipped database and its manifest; returns the manifest."""
+    from bench.models import BENCH_MODELS
+
+    tgt = targets.resolve(target)
+    full = work / tgt.tuning_key
+    models: dict[str, dict[str, Any]] = {}
+    for name, mins in minutes.items():
+        model = BENCH_MODELS[name]()
+        report = tune(model, tgt, budget_seconds=mins * 60, database_dir=full, include_shipped=True, progress=_say(name))
+        models[name] = _model_entry(report, mins)
+    out = dbs.shipped_dir(tgt)
+    dbs.write(dbs.open_database(full), out)
+    for name in minutes:
+        models[name]["latency_ms"] = _latencies(BENCH_MODELS[name](), tgt)
+        print(f"{name}: {models[name]['latency_ms']}", flush=True)
+    pruned = dbs.open_database(out)
+    manifest = {
+        "tuning_key": tgt.tuning_key,
+        "created": datetime.date.today().isoformat(),
+        "tools": {d: importlib.metadata.version(d) for d in ("apache-tvm", "apache-tvm-ffi")},
+        "target": tgt.to_dict() | {"source": os.path.basename(tgt.source)},
+        "cpu": {"model": _cpu_model(), "features": list(tgt.features), "cores": os.cpu_count(), "machine": platform.machine()},
+        "evaluator": EVALUATOR._asdict(),
+        "workloads": len(pruned.get_all_tuning_records()),  # pruned: one record per workload
+        "models": models,
+        "note": "measured on a shared 2-core machine under load from other work: latencies are noisy",
+    }
+    (out / dbs.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _model_entry(report: TuneReport, minutes: float) -> dict[str, Any]:
+    return {
+        "tasks": len(report.tasks),
+        "grid_points": sum(t.grid for t in report.tasks),
+        "measured_points": sum(t.measured for t in report.tasks),
+        "trials_this_run": report.trials,
+        "budget_minutes": minutes,
+        "tuning_seconds": round(report.elapsed, 1),
+        "kernel_ms_default": round(report.estimated_default * 1e3, 3),
+        "kernel_ms_tuned": round(report.estimated_best * 1e3, 3),
+    }
+
+
+def _latencies(model: onnx.ModelProto, tgt: targets.Target, seconds: float = 20.0) -> dict[str, float | int]:
+    """Median end-to-end latency (ms) of the model compiled with the default schedules and with the shipped
+    database only, and in onnxruntime; runs interleaved for `seconds` so load from other work hits all alike."""
+    import onnxruntime as ort
+
+    from bench.models import synth_inputs
+
+    feeds = synth_inputs(model)
+    with _env(LEPTON_NO_TUNING="1"):
+        default = lepton.compile(model, tgt, use_cache=False)
+    with tempfile.TemporaryDirectory() as empty, _env(LEPTON_TUNING_DIR=empty):
+        tuned = lepton.compile(model, tgt, use_cache=False)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    runs: dict[str, Callable[[], object]] = {
+        "default": lambda: default.run(feeds),
+        "tuned": lambda: tuned.run(feeds),
+        "onnxruntime": lambda: session.run(None, feeds),
+    }
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for run in runs.values():
+        run()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end or min(len(v) for v in times.values()) < 5:
+        for key, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    return {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()} | {"runs": min(len(v) for v in times.values())}
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _say(name: str) -> Callable[[TuneReport], None]:
+    def say(report: TuneReport) -> None:
+        done = sum(t.done for t in report.tasks)
+        print(f"{name}: {report.elapsed:6.0f}s {report.trials:5d} trials, {done}/{len(report.tasks)} tasks done, "
+              f"kernels {report.estimated_default * 1e3:.2f} -> {report.estimated_best * 1e3:.2f} ms", flush=True)
+
+    return say
+
+
+if __name__ == "__main__":
+    main()
