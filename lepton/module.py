@@ -58,11 +58,13 @@ class CompiledModule:
         arrays = self._check(given)
         import tvm
 
-        result = self._main(*(tvm.runtime.tensor(a, self._device) for a in arrays))
+        from lepton.codegen.narrow import from_storage_array, to_storage_array  # sub-byte types travel as bytes
+
+        result = self._main(*(tvm.runtime.tensor(to_storage_array(a), self._device) for a in arrays))
         values = _flatten(result)
         if len(values) != len(self.outputs):
             raise InternalError(f"module {self.path} returned {len(values)} outputs, its signature has {len(self.outputs)}")
-        return {spec.name: v for spec, v in zip(self.outputs, values, strict=True)}
+        return {spec.name: from_storage_array(v, spec.dtype) for spec, v in zip(self.outputs, values, strict=True)}
 
     __call__ = run
 

@@ -26,7 +26,8 @@ from lepton_ir.tensor import Tensor, _read_region
 from lepton_ir.types import Shape, dtype_bits
 
 #: Operator-set domains Lepton takes (besides domains of the model's own functions).
-KNOWN_DOMAINS = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": 5, "com.microsoft": 1, "lepton": 1}
+KNOWN_DOMAINS = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": 5, "com.microsoft": 1, "lepton": 1,
+                 "ai.onnx.preview": 1, "ai.onnx.preview.training": 1}  # ONNX's own preview domains
 MIN_IR_VERSION = 3
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import functools
+
 import numpy as np
 import onnx
+
+#: The newest default-domain opset and IR version onnxruntime 1.31 loads.
+ORT_MAX_OPSET = 26
+ORT_MAX_IR_VERSION = 13
 
 
 def run_model(
@@ -29,6 +35,49 @@ def run_model(
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(ort_compatible(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     names = list(outputs) if outputs is not None else [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(names, dict(inputs)), strict=True))
+
+
+def ort_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
+    """`model`, or a copy onnxruntime loads: a default-domain opset newer than `ORT_MAX_OPSET` is
+    declared as `ORT_MAX_OPSET` when every op the model uses (subgraphs included) has the same schema
+    version at both, i.e. means the same thing there; an IR version newer than `ORT_MAX_IR_VERSION`
+    is declared as that (newer IR versions add element types, which onnxruntime checks by itself)."""
+    entry = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    lower_opset = entry is not None and entry.version > ORT_MAX_OPSET and not model.functions
+    if lower_opset:
+        ops = {n.op_type for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx")}
+        lower_opset = all(_since(op, entry.version) == _since(op, ORT_MAX_OPSET) for op in ops)
+    lower_ir = model.ir_version > ORT_MAX_IR_VERSION
+    if not lower_opset and not lower_ir:
+        return model
+    lowered = onnx.ModelProto()
+    lowered.CopyFrom(model)
+    if lower_ir:
+        lowered.ir_version = ORT_MAX_IR_VERSION
+    if lower_opset:
+        for o in lowered.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = ORT_MAX_OPSET
+    return lowered
+
+
+def _all_nodes(graph: onnx.GraphProto):  # type: ignore[no-untyped-def]
+    for n in graph.node:
+        yield n
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+@functools.lru_cache(maxsize=4096)
+def _since(op_type: str, opset: int) -> int:
+    try:
+        return int(onnx.defs.get_schema(op_type, opset, "").since_version)
+    except onnx.defs.SchemaError:
+        return -1

@@ -13,12 +13,14 @@ import warnings
 
 import onnx
 import tvm
+from tvm import relax, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 
+from lepton.codegen import float8, narrow
 from lepton.errors import ConversionError, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
 from lepton_ir import Graph, Node, to_onnx
-from lepton_ir.types import dtype_name
+from lepton_ir.types import dtype_bits, dtype_name
 from passes.lowering import unlowered_reason
 
 #: Default-domain ops whose name TVM's frontend gives to a converter of a different op: its "Attention"
@@ -27,7 +29,7 @@ from passes.lowering import unlowered_reason
 MISREAD_OPS: frozenset[str] = frozenset({"Attention"})
 
 #: Ops TVM 0.27's ONNX frontend converts (it reads `op_type` only, whatever the domain).
-CONVERTED_OPS: frozenset[str] = (frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant"}) - MISREAD_OPS
+CONVERTED_OPS: frozenset[str] = (frozenset(onnx_frontend._get_convert_map()) | {"If", "Constant", "BitCast"}) - MISREAD_OPS
 
 #: Contrib ops the frontend converts under Microsoft's domain (onnxruntime's fused ops).
 _MS_OPS = frozenset({"BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLayerNormalization", "MatMulInteger16"})
@@ -35,10 +37,16 @@ _MS_OPS = frozenset({"BiasGelu", "EmbedLayerNormalization", "FastGelu", "SkipLay
 #: Element types TVM cannot hold in a tensor.
 _BAD_DTYPES = {
     getattr(onnx.TensorProto, n)
-    for n in ("STRING", "COMPLEX64", "COMPLEX128", "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ",
-              "FLOAT8E8M0", "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")
+    for n in ("STRING", "COMPLEX64", "COMPLEX128")
     if hasattr(onnx.TensorProto, n)
 }
+
+#: Float8 types: TVM holds them, and Lepton converts them itself (lepton/codegen/float8.py), in
+#: Cast/CastLike to or from float16/32/64 and in (de)quantization; no other op may touch them.
+_FLOAT8 = {onnx.TensorProto.FLOAT8E4M3FN, onnx.TensorProto.FLOAT8E5M2, onnx.TensorProto.FLOAT8E4M3FNUZ,
+           onnx.TensorProto.FLOAT8E5M2FNUZ, onnx.TensorProto.FLOAT8E8M0}
+_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE}
+_FLOAT8_OPS = frozenset({"Cast", "CastLike", "QuantizeLinear", "DequantizeLinear", "BitCast"})
 
 
 def unsupported_nodes(graph: Graph) -> list[UnsupportedNode]:
@@ -59,23 +67,104 @@ def _why_unsupported(node: Node) -> str | None:
     elif node.domain == "com.microsoft":
         if node.op_type not in _MS_OPS:
             return "onnxruntime contrib op TVM does not convert"
+    elif node.domain == "ai.onnx.preview.training":
+        return "training op (ai.onnx.preview.training): Lepton compiles inference graphs"
     else:
         return f"custom domain {node.domain!r}: only standard ONNX ops can be compiled"
     for v in [*node.inputs, *node.outputs]:
         if v is not None and v.dtype in _BAD_DTYPES:
             return f"value {v.name!r} has element type {dtype_name(v.dtype)}, which TVM cannot compile"
+    return _float8_unsupported(node) or _narrow_unsupported(node)
+
+
+def _float8_unsupported(node: Node) -> str | None:
+    """Why `node` cannot take or make its float8 values (None: it has none, or it is a conversion float8.py does)."""
+    fp8 = [v for v in [*node.inputs, *node.outputs] if v is not None and v.dtype in _FLOAT8]
+    if not fp8:
+        return None
+    why = f"value {fp8[0].name!r} has element type {dtype_name(fp8[0].dtype)}"
+    if node.domain or node.op_type not in _FLOAT8_OPS or int(node.attr("block_size", 0) or 0):
+        return why + ": Lepton compiles float8 only in Cast, CastLike and per-tensor/per-axis (de)quantization"
+    x, y = node.inputs[0], node.outputs[0]
+    if onnx.TensorProto.FLOAT8E8M0 in (x.dtype, y.dtype) and node.op_type not in ("Cast", "CastLike", "BitCast"):
+        return why + ": FLOAT8E8M0 converts only in Cast and CastLike"
+    if node.op_type == "BitCast":
+        ok = x.dtype is not None and y.dtype is not None and dtype_bits(x.dtype) == dtype_bits(y.dtype) == 8
+    elif node.op_type == "DequantizeLinear":
+        ok = x.dtype in _FLOAT8 and y.dtype in _FLOATS
+    elif node.op_type == "QuantizeLinear":
+        ok = x.dtype in _FLOATS and y.dtype in _FLOAT8
+    else:
+        ok = (x.dtype in _FLOAT8 and y.dtype in _FLOATS) or (x.dtype in _FLOATS and y.dtype in _FLOAT8)
+    return None if ok else why + ": float8 converts only to and from float16, float32 and float64"
+
+
+def _narrow_unsupported(node: Node) -> str | None:
+    """Why `node` cannot take or make its sub-byte values (None: it has none, or narrow.py converts them)."""
+    small = [v for v in [*node.inputs, *node.outputs] if v is not None and v.dtype in narrow.NARROW]
+    if not small:
+        return None
+    why = f"value {small[0].name!r} has element type {dtype_name(small[0].dtype)}"
+    if node.domain or node.op_type not in _FLOAT8_OPS - {"BitCast"} or int(node.attr("block_size", 0) or 0):
+        return why + ": Lepton compiles sub-byte types only in Cast, CastLike and per-tensor/per-axis (de)quantization"
+    x, y = node.inputs[0], node.outputs[0]
+    if x.dtype in narrow.NARROW and y.dtype in narrow.NARROW:
+        return why + ": casts between two sub-byte types are not compiled"
+    other = y.dtype if x.dtype in narrow.NARROW else x.dtype
+    if other in _FLOAT8 or other == onnx.TensorProto.BFLOAT16 or (node.op_type != "Cast" and node.op_type != "CastLike" and other not in _FLOATS):
+        return why + f": converts only to and from float16/32/64 (and integers in Cast), not {dtype_name(other)}"
+    if (onnx.TensorProto.FLOAT4E2M1 in (x.dtype, y.dtype)) and other not in _FLOATS:
+        return why + ": FLOAT4E2M1 converts only to and from float16/32/64"
     return None
 
 
 class _Importer(onnx_frontend.ONNXGraphImporter):
     """TVM's importer, with converter failures re-raised naming the node."""
 
+    def _check_for_unsupported_ops(self, graph):  # type: ignore[no-untyped-def]
+        """TVM's check, knowing the ops Lepton converts itself (BitCast)."""
+        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS})
+        if missing:
+            raise tvm.error.OpNotImplemented("The following operators are not supported for frontend ONNX: " + ", ".join(missing))
+
     def _convert_operator(self, op_name, inputs, attrs, opset):  # type: ignore[no-untyped-def]
         try:
+            if op_name == "BitCast":
+                return self.bb.normalize(_bitcast(self.bb, inputs[0], onnx_frontend.get_type(attrs["to"])))
+            if op_name in _FLOAT8_OPS:
+                sym = narrow.convert(self.bb, op_name, inputs, attrs)
+                if sym is not None:
+                    return self.bb.normalize(sym)
+                sym = float8.convert(self.bb, op_name, inputs, attrs, _output_dtype(op_name, inputs, attrs))
+                if sym is not None:
+                    return self.bb.normalize(sym)
             return super()._convert_operator(op_name, inputs, attrs, opset)
         except Exception as e:  # noqa: BLE001 - every converter failure becomes one clear error
             node = attrs.get("tvm_custom", {}).get("name", "?")
             raise _NodeFailure(node, op_name, f"{type(e).__name__}: {e}") from e
+
+
+def _bitcast(bb: relax.BlockBuilder, x: relax.Expr, to: str) -> relax.Expr:
+    """ONNX BitCast (same bit width, same shape). TVM's bool is one bit wide: it is read as the byte 0/1."""
+    src = float8.dtype_of(x)
+    if src == to:
+        return x
+    if src == "bool":
+        return relax.op.astype(x, to)
+    if to == "bool":
+        return relax.op.not_equal(x, relax.const(0, src))
+    return bb.emit_te(topi.reinterpret, x, to)
+
+
+def _output_dtype(op_name: str, inputs: list, attrs: dict) -> str | None:  # type: ignore[type-arg]
+    """The TVM dtype a Cast/CastLike/QuantizeLinear node produces, where its attributes or inputs say."""
+    if op_name == "Cast" and "to" in attrs:
+        return onnx_frontend.get_type(attrs["to"])
+    if op_name == "CastLike" and len(inputs) > 1 and inputs[1] is not None:
+        return float8.dtype_of(inputs[1])
+    if op_name == "QuantizeLinear" and attrs.get("output_dtype"):
+        return onnx_frontend.get_type(attrs["output_dtype"])
+    return None
 
 
 class _NodeFailure(Exception):
@@ -90,6 +179,7 @@ def to_relax(graph: Graph) -> tvm.IRModule:
     Raises `ConversionError` naming the first node TVM could not convert.
     """
     model = to_onnx(graph)
+    narrow.to_storage(model)
     _name_nodes(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _Importer({}, {}, keep_params_in_input=False, sanitize=True)

@@ -13,6 +13,8 @@ from passes.lowering.dynamic_shapes import CanonicalizeDynamicShapes
 from passes.lowering.empty_inputs import FoldEmptyInputs
 from passes.lowering.expand import ExpandFunctions
 from passes.lowering.misconverted import ExpandMisconverted
+from passes.lowering.ops import LowerOps
+from passes.lowering.preview import ExpandPreview
 from passes.lowering.recurrent import LowerRecurrent
 from passes.lowering.unroll import UnrollScan
 
@@ -23,8 +25,10 @@ def lowering_passes() -> list[Pass]:
     """Fresh instances of the codegen lowering passes, in order."""
     return [
         FoldEmptyInputs(),
+        ExpandPreview(),
         ExpandFunctions(keep=CONVERTED_OPS),
         ExpandMisconverted(),
+        LowerOps(),
         LowerRecurrent(),
         CanonicalizeDynamicShapes(),
         UnrollScan(),

@@ -1,0 +1,84 @@
+"""Sub-byte types in the codegen (lepton/codegen/narrow.py): INT4/UINT4/INT2/UINT2/FLOAT4E2M1 casts and
+(de)quantization compiled for x86, compared with ONNX's reference implementation, and the module
+boundary taking and returning ml_dtypes arrays."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto as T
+from onnx.reference import ReferenceEvaluator
+
+import lepton
+from lepton.errors import UnsupportedOpsError
+
+TYPES = {"int4": T.INT4, "uint4": T.UINT4, "int2": T.INT2, "uint2": T.UINT2, "float4_e2m1fn": T.FLOAT4E2M1}
+SRC = {"float32": T.FLOAT, "float16": T.FLOAT16}
+
+
+def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
+           opset: int = 25) -> onnx.ModelProto:
+    return oh.make_model(oh.make_graph(nodes, "g", inputs, outputs), opset_imports=[oh.make_opsetid("", opset)], ir_version=11)
+
+
+def _run(m: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    out = lepton.compile(m, "x86", use_cache=False, verify=False, bundle=False).run(feeds)
+    return [out[o.name] for o in m.graph.output]
+
+
+def _equal(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.astype(np.float64), want.astype(np.float64))
+
+
+@pytest.mark.parametrize("name", sorted(TYPES))
+@pytest.mark.parametrize("src", sorted(SRC))
+def test_cast_to_narrow(name: str, src: str) -> None:
+    x = np.array([-9.7, -8.5, -6.0, -2.5, -1.5, -0.5, -0.0, 0.0, 0.25, 0.5, 0.75, 1.25, 1.5, 1.75, 2.5, 3.5, 5.0, 7.5, 15.9, 100.0],
+                 dtype=src)
+    m = _model([oh.make_node("Cast", ["x"], ["y"], to=TYPES[name])], [oh.make_tensor_value_info("x", SRC[src], [x.size])],
+               [oh.make_tensor_value_info("y", TYPES[name], [x.size])])
+    (want,) = ReferenceEvaluator(m).run(None, {"x": x})
+    (got,) = _run(m, {"x": x})
+    _equal(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(TYPES))
+@pytest.mark.parametrize("to", ["float32", "float16"])
+def test_cast_from_narrow(name: str, to: str) -> None:
+    dt = np.dtype(getattr(ml_dtypes, name))
+    x = np.arange(16 if "4" in name else 4, dtype=np.uint8).view(dt) if name.startswith("float") else \
+        np.arange(ml_dtypes.iinfo(dt).min, ml_dtypes.iinfo(dt).max + 1).astype(dt)
+    m = _model([oh.make_node("Cast", ["x"], ["y"], to=SRC[to])], [oh.make_tensor_value_info("x", TYPES[name], [x.size])],
+               [oh.make_tensor_value_info("y", SRC[to], [x.size])])
+    (want,) = ReferenceEvaluator(m).run(None, {"x": x})
+    (got,) = _run(m, {"x": x})
+    _equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["int4", "uint4", "int2", "uint2"])
+def test_quantize_dequantize(name: str) -> None:
+    dt = np.dtype(getattr(ml_dtypes, name))
+    x = np.linspace(-20, 20, 24, dtype=np.float32).reshape(2, 3, 4)
+    scale = np.array([2.0, 4.0, 8.0], np.float32)
+    zp = np.array([1, 0, 1], dtype=dt)
+    m = _model(
+        [oh.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1), oh.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], axis=1)],
+        [oh.make_tensor_value_info("x", T.FLOAT, [2, 3, 4]), oh.make_tensor_value_info("s", T.FLOAT, [3]),
+         oh.make_tensor_value_info("zp", TYPES[name], [3])],
+        [oh.make_tensor_value_info("q", TYPES[name], [2, 3, 4]), oh.make_tensor_value_info("y", T.FLOAT, [2, 3, 4])])
+    feeds = {"x": x, "s": scale, "zp": zp}
+    want_q, want_y = ReferenceEvaluator(m).run(None, feeds)
+    got_q, got_y = _run(m, feeds)
+    _equal(got_q, want_q)
+    _equal(got_y, want_y)
+
+
+def test_narrow_arithmetic_is_reported_unsupported() -> None:
+    m = _model([oh.make_node("Transpose", ["x"], ["y"], perm=[1, 0])], [oh.make_tensor_value_info("x", T.INT4, [2, 3])],
+               [oh.make_tensor_value_info("y", T.INT4, [3, 2])])
+    with pytest.raises(UnsupportedOpsError, match="sub-byte"):
+        lepton.compile(m, "x86", use_cache=False, verify=False, bundle=False)
