@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 
-.PHONY: install test test-all demo bench bench-latency clean system-deps
+.PHONY: install test test-all demo bench bench-latency fuzz clean system-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: $(STAMP)
 ## bench-latency: batch-1 latency of the bench models: onnxruntime vs TVM default vs Lepton (writes bench/results/)
 bench-latency: $(STAMP)
 	$(BIN)/python -m bench.latency
+
+## fuzz: differential fuzzing for MINUTES (default 10): random models through the x86 pipeline vs onnxruntime;
+## failing models, minimized, go to fuzz-failures/<id>/ with a one-line reproduction (FUZZFLAGS: see tests/fuzz.py --help)
+MINUTES ?= 10
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz.py --minutes $(MINUTES) $(FUZZFLAGS)
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .hypothesis

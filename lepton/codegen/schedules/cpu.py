@@ -139,10 +139,7 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     v_o, v_i = sch.split(loops[vec_axis], [None, v_factor])
     outer = [u_o if i == reg_axis else loops[i] for i in range(ns) if i != vec_axis]
     sch.reorder(*outer, v_o, u_i, v_i)
-    if len(outer) > 1:
-        sch.parallel(sch.fuse(*outer))
-    elif outer:
-        sch.parallel(outer[0])
+    _parallel_outer(sch, outer)
     sch.compute_at(red, v_o, preserve_unit_loops=True)
     inner = _loops_under(sch, red, v_o)  # one per block iterator, in iterator order (unit loops kept)
     if len(inner) != ns + nr:
@@ -260,5 +257,16 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) 
         sch.vectorize(vec)
     elif n is not None and 1 < n <= 4 * lanes:
         sch.vectorize(last)
-    if outer:
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+    _parallel_outer(sch, outer)
+
+
+def _parallel_outer(sch: s_tir.Schedule, outer: Sequence[s_tir.LoopRV]) -> None:
+    """Run `outer` (a perfect nest, outermost first) in parallel: fused when every extent is constant; else
+    only the outermost loop, because a fused index divided again by symbolic extents makes TVM's LLVM
+    codegen take minutes (found by the differential fuzzer: tests/regressions/)."""
+    if not outer:
+        return
+    if len(outer) > 1 and all(isinstance(sch.get(lp).extent, tirx.IntImm) for lp in outer):
+        sch.parallel(sch.fuse(*outer))
+    else:
+        sch.parallel(outer[0])
