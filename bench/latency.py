@@ -7,8 +7,10 @@ For each bench model (batch 1, fp32, random weights, real architectures; `bench/
 - `onnxruntime`: all graph optimizations, intra-op threads = the x86 target's core count;
 - `tvm-default`: `tvm.relax.frontend.onnx.from_onnx` + `tvm.compile` with TVM's default CPU
   pipeline (skipped when one run takes longer than `--tvm-default-limit` seconds);
-- `lepton`: `lepton.compile(model, "x86")` as a user gets it (Lepton's schedules, and the
-  tuning databases that apply to this target, if any).
+- `lepton-untuned`: `lepton.compile(model, "x86")` with `LEPTON_NO_TUNING=1` (Lepton's default
+  schedules only);
+- `lepton`: `lepton.compile(model, "x86")` as a user gets it (the shipped tuning database for
+  this target's tuning key, then the local one, then the default schedules).
 Each measurement is the median of `--inner` calls; tools alternate within each of
 `--repeat` rounds, and the reported figure is the median over rounds. Every tool's outputs
 are compared with onnxruntime's (rtol 1e-4, atol 1e-4 — accumulation order differs between
@@ -116,9 +118,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"model": name, "gflop": flops / 1e9, "tools": {}}
 
     runners: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {"onnxruntime": _ort(model, cores)}
+    os.environ["LEPTON_NO_TUNING"] = "1"
+    try:
+        t0 = time.perf_counter()
+        untuned = lepton.compile(model, target, use_cache=False)
+        row["lepton_untuned_compile_s"] = time.perf_counter() - t0
+    finally:
+        del os.environ["LEPTON_NO_TUNING"]
     t0 = time.perf_counter()
     compiled = lepton.compile(model, target, use_cache=False)
     row["lepton_compile_s"] = time.perf_counter() - t0
+    runners["lepton-untuned"] = lambda f: untuned.run(f)
     runners["lepton"] = lambda f: compiled.run(f)
     if args.tvm_default:
         try:
@@ -186,7 +196,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tools = ["onnxruntime", "tvm-default", "lepton"]
+    tools = ["onnxruntime", "tvm-default", "lepton-untuned", "lepton"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(tools)
     for i, tool in enumerate(tools):
