@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -325,6 +325,12 @@ def _splice(g: Graph, node: Node, body: _Body, owners: dict[int, list[Graph]]) -
         new_nodes.append(bn)
     g.insert_before(node, new_nodes)
     pairs = [(out, scope[f]) for out, f in zip(node.outputs, body.outputs, strict=False) if f and out.name]
+    take_over_outputs(g, node, pairs, owners)
+
+
+def take_over_outputs(g: Graph, node: Node, pairs: Sequence[tuple[Value, Value]], owners: dict[int, list[Graph]]) -> None:
+    """Remove `node` from `g`, each `(out, new)` pair's `new` taking over `out`: its readers, the graph-output
+    slots it fills (`owners`, from `output_owners`), its name, and its known dtype/shape."""
     for out, new in pairs:
         new.dtype = out.dtype if out.dtype is not None else new.dtype
         new.shape = out.shape if out.shape is not None else new.shape
@@ -334,6 +340,31 @@ def _splice(g: Graph, node: Node, body: _Body, owners: dict[int, list[Graph]]) -
     g.remove(node)
     for out, new in pairs:
         new.name = out.name
+
+
+def expand_selected(
+    graph: Graph, opset: int, selects: Callable[[Node], bool], schema_of: Callable[[Node], onnx.defs.OpSchema | None]
+) -> Counter[str]:
+    """One sweep over every graph: each node `selects` accepts is replaced by the function body of `schema_of(node)`.
+
+    Returns per-op expansion counts and `skipped_<reason>` counts (no schema or body: `skipped_no_body`)."""
+    stats: Counter[str] = Counter()
+    owners = None
+    cache: dict[bytes, _Body | str] = {}
+    for g in list(graph.all_graphs()):
+        for node in list(g):
+            if node.graph is not g or not selects(node):
+                continue
+            schema = schema_of(node)
+            body = _body_for(schema, node, opset, cache) if schema is not None else "no_body"
+            if isinstance(body, str):
+                stats[f"skipped_{body}"] += 1
+                continue
+            if owners is None:
+                owners = output_owners(graph)
+            _splice(g, node, body, owners)
+            stats[node.op_type] += 1
+    return stats
 
 
 def _rename(g: Graph, sub: Graph, prefix: str) -> None:

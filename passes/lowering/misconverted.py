@@ -17,7 +17,6 @@ kernel. `stats` counts expanded nodes per op type and the nodes ONNX has no body
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -27,8 +26,7 @@ import onnx
 from lepton_ir import Graph, Node
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners
-from passes.lowering.expand import _body_for, _function_schema, _splice
+from passes.lowering.expand import _function_schema, expand_selected
 from passes.rewrite import static_shape
 
 
@@ -96,23 +94,11 @@ class ExpandMisconverted(Pass):
         opset = graph.root().opset_imports.get("")
         if opset is None:
             return PassResult(False, {})
-        stats: Counter[str] = Counter()
-        owners = None
-        cache: dict[bytes, object] = {}
-        for g in list(graph.all_graphs()):
-            for node in list(g):
-                check = MISCONVERTED.get(node.op_type)
-                if node.domain or check is None or node.graph is not g or check(node) is None:
-                    continue
-                schema = _function_schema(node.op_type, opset)
-                body = _body_for(schema, node, opset, cache) if schema is not None else "no_body"  # type: ignore[arg-type]
-                if isinstance(body, str):
-                    stats[f"skipped_{body}"] += 1
-                    continue
-                if owners is None:
-                    owners = output_owners(graph)
-                _splice(g, node, body, owners)
-                stats[node.op_type] += 1
+        stats = expand_selected(
+            graph, opset,
+            lambda n: not n.domain and (check := MISCONVERTED.get(n.op_type)) is not None and check(n) is not None,
+            lambda n: _function_schema(n.op_type, opset),
+        )
         expanded = sum(v for k, v in stats.items() if not k.startswith("skipped_"))
         return PassResult(expanded > 0, dict(stats))
 

@@ -11,7 +11,6 @@ the model's default-domain opset; a node whose body cannot be had is kept and co
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -20,8 +19,7 @@ import onnx
 from lepton_ir import Graph
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners
-from passes.lowering.expand import _body_for, _splice
+from passes.lowering.expand import expand_selected
 
 PREVIEW_DOMAIN = "ai.onnx.preview"
 
@@ -48,21 +46,8 @@ class ExpandPreview(Pass):
         opset, version = root.opset_imports.get(""), root.opset_imports.get(PREVIEW_DOMAIN)
         if opset is None or version is None:
             return PassResult(False, {})
-        stats: Counter[str] = Counter()
-        owners = None
-        cache: dict[bytes, object] = {}
-        for g in list(graph.all_graphs()):
-            for node in list(g):
-                if node.domain != PREVIEW_DOMAIN or node.graph is not g:
-                    continue
-                schema = _preview_schema(node.op_type, version)
-                body = _body_for(schema, node, opset, cache) if schema is not None else "no_body"  # type: ignore[arg-type]
-                if isinstance(body, str):
-                    stats[f"skipped_{body}"] += 1
-                    continue
-                if owners is None:
-                    owners = output_owners(graph)
-                _splice(g, node, body, owners)
-                stats[node.op_type] += 1
+        stats = expand_selected(
+            graph, opset, lambda n: n.domain == PREVIEW_DOMAIN, lambda n: _preview_schema(n.op_type, version)
+        )
         expanded = sum(v for k, v in stats.items() if not k.startswith("skipped_"))
         return PassResult(expanded > 0, dict(stats))

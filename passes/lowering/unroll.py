@@ -29,6 +29,7 @@ from lepton_ir import Graph, Node, Value
 
 from passes.base import Pass, PassContext, PassResult, register
 from passes.cleanup.fold import output_owners
+from passes.lowering.expand import take_over_outputs
 
 
 @register
@@ -175,13 +176,4 @@ def _unroll(g: Graph, node: Node, opset: int, owners: dict[int, list[Graph]]) ->
             ours.add(id(finals[k]))
         taken.add(id(finals[k]))
     g.insert_before(node, new_nodes)
-    pairs = [(out, new) for out, new in zip(node.outputs, finals, strict=True) if out.name]
-    for out, new in pairs:
-        new.dtype = out.dtype if out.dtype is not None else new.dtype
-        new.shape = out.shape if out.shape is not None else new.shape
-        out.replace_all_uses_with(new)
-        for h in owners.get(id(out), ()):
-            h.outputs = [new if v is out else v for v in h.outputs]
-    g.remove(node)
-    for out, new in pairs:
-        new.name = out.name
+    take_over_outputs(g, node, [(out, new) for out, new in zip(node.outputs, finals, strict=True) if out.name], owners)
