@@ -83,7 +83,7 @@ def _scheduled(model: onnx.ModelProto) -> dict[str, tirx.PrimFunc]:
     optimize_for(graph, X86)
     tt = X86.tvm_target()
     with tt:
-        mod = tvm.transform.Sequential(cpu_prepare_passes(tt) + cpu_schedule_passes(X86))(to_relax(graph))
+        mod = tvm.transform.Sequential(cpu_prepare_passes(X86) + cpu_schedule_passes(X86))(to_relax(graph))
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc)}
 
 

@@ -131,6 +131,8 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
         try:
             if op_name == "BitCast":
                 return self.bb.normalize(_bitcast(self.bb, inputs[0], onnx_frontend.get_type(attrs["to"])))
+            if op_name == "Clip":
+                return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
             if op_name in _FLOAT8_OPS:
                 sym = narrow.convert(self.bb, op_name, inputs, attrs)
                 if sym is not None:
@@ -154,6 +156,26 @@ def _bitcast(bb: relax.BlockBuilder, x: relax.Expr, to: str) -> relax.Expr:
     if to == "bool":
         return relax.op.not_equal(x, relax.const(0, src))
     return bb.emit_te(topi.reinterpret, x, to)
+
+
+def _clip(bb: relax.BlockBuilder, inputs: list, attrs: dict, opset: int) -> relax.Expr:  # type: ignore[type-arg]
+    """ONNX Clip as Relax `maximum`/`minimum` ops (TVM's converter emits TE calls, which layout conversion
+    cannot see through, so every Clip after a convolution cost two transposes). A NaN bound is no bound."""
+    x = inputs[0]
+    dtype = float8.dtype_of(x)
+    if opset < 11:
+        lo = relax.const(float(attrs.get("min", float("-inf"))), dtype)
+        hi = relax.const(float(attrs.get("max", float("inf"))), dtype)
+    else:
+        lo = inputs[1] if len(inputs) > 1 else None
+        hi = inputs[2] if len(inputs) > 2 else None
+    for bound, op, unbounded in ((lo, relax.op.maximum, float("-inf")), (hi, relax.op.minimum, float("inf"))):
+        if bound is None:
+            continue
+        if dtype.startswith(("float", "bfloat")):
+            bound = bb.emit(relax.op.where(relax.op.isnan(bound), relax.const(unbounded, dtype), bound))
+        x = bb.emit(op(x, bound))
+    return x
 
 
 def _output_dtype(op_name: str, inputs: list, attrs: dict) -> str | None:  # type: ignore[type-arg]

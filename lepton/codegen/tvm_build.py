@@ -44,12 +44,23 @@ class Library:
     kernels: dict[str, str] = field(default_factory=dict)  # device kind -> relative path of its kernel file
 
 
-def cpu_prepare_passes(tvm_target: tvm.target.Target) -> list[tvm.transform.Pass]:
-    """Library dispatch, legalization and fusion on CPU targets: they make the functions that kernel
-    scheduling sees, so tuning (`lepton.tuning.extract_tasks`) runs exactly these to find its workloads."""
+#: Layouts of CPU kernels for a target whose preferred layout is NHWC: channels-last activations and HWIO
+#: weights, so a convolution vectorizes over output channels (wide at every depth, unlike the spatial width
+#: 7 or 14 of late ResNet stages) and reads each weight vector contiguously. The weights are transposed once,
+#: at compile time (constant folding).
+CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+
+
+def cpu_prepare_passes(target: Target) -> list[tvm.transform.Pass]:
+    """Layout conversion (to the target's preferred layout), library dispatch, legalization and fusion on CPU
+    targets: they make the functions that kernel scheduling sees, so tuning (`lepton.tuning.extract_tasks`)
+    runs exactly these to find its workloads. The model's signature keeps its layout: transposes sit at its
+    inputs and outputs."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    return cpu.library_dispatch_passes(tvm_target) + cpu.legalize_passes(tvm_target)
+    tvm_target = target.tvm_target()
+    layout = [_channels_last()] if target.layout == "NHWC" else []
+    return [*layout, *cpu.library_dispatch_passes(tvm_target), *cpu.legalize_passes(tvm_target)]
 
 
 def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
@@ -64,6 +75,36 @@ def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
 
 
+def _channels_last() -> tvm.transform.Pass:
+    """`ConvertLayout(CHANNELS_LAST)` on modules with a 2-d convolution. TVM's layout inference refuses some
+    graphs (ops of unknown rank next to converted ones); those keep their layouts, which is correct, only slower."""
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonChannelsLast")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if not _calls_op(mod, "relax.nn.conv2d"):
+            return mod
+        try:
+            return relax.transform.ConvertLayout(CHANNELS_LAST)(mod)
+        except Exception:  # noqa: BLE001 - TVM's layout inference fails with several error types
+            return mod
+
+    return _pass
+
+
+def _calls_op(mod: tvm.IRModule, name: str) -> bool:
+    """Whether a Relax function of `mod` calls the operator `name`."""
+    op, found = tvm.ir.Op.get(name), []
+
+    def visit(e: relax.Expr) -> None:
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op):
+            found.append(e)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function) and not found:
+            relax.analysis.post_order_visit(func, visit)
+    return bool(found)
+
+
 def relax_pipeline(target: Target) -> tvm.transform.Pass:
     """The Relax pipeline Lepton uses for `target`."""
     tvm_target = target.tvm_target()
@@ -75,7 +116,7 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with tvm_target:
             seq = tvm.transform.Sequential(
-                cpu_prepare_passes(tvm_target)
+                cpu_prepare_passes(target)
                 + cpu_schedule_passes(target)
                 + cpu.dataflow_lower_passes(tvm_target)
                 + cpu.finalize_passes(tvm_target)

@@ -160,7 +160,7 @@ def extract_tasks(model: ModelLike, target: str | Target, input_shapes: InputSha
     optimize_for(graph, tgt)
     tvm_target = tgt.tvm_target()
     with tvm_target:
-        mod = tvm.transform.Sequential(cpu_prepare_passes(tvm_target))(to_relax(graph))
+        mod = tvm.transform.Sequential(cpu_prepare_passes(tgt))(to_relax(graph))
     rule = TiledReduction(tgt.vector_lanes or 4)
     tasks = []
     for task in ms.relax_integration.extract_tasks(mod, tvm_target):

@@ -117,7 +117,7 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     if any(_extents(sch, b) != extents[:ns] for b in epilogue):
         return None
     vec_axis = ns - 1
-    reg_axes = [1, ns - 2] if nr >= 2 and ns == 4 else [ns - 2]
+    reg_axes = _register_axes(extents[:ns], nr, lanes)
     for b in epilogue[:-1]:
         sch.compute_inline(b)
     if epilogue:
@@ -129,7 +129,7 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     v_ext, u_ext = extents[vec_axis], extents[reg_axis]
     if not isinstance(v_ext, int) or not isinstance(u_ext, int):
         return None
-    v_factor, vt = pick(sch, _vector_tiles(v_ext, lanes))
+    v_factor, vt = pick(sch, _vector_tiles(v_ext, lanes, u_ext))
     u_factor, ut = pick(sch, _register_tiles(u_ext, -(-vt // lanes)))
 
     loops = sch.get_loops(last)
@@ -174,6 +174,25 @@ class Injective(_Rule):
         return sch
 
 
+def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
+    """Candidate register-tile axes, best default first: the row axis for matmuls (one reduction axis);
+    for 4-d convolutions axis 1 or 2 (output channels and width in NCHW, height and width in NHWC),
+    whichever holds more accumulators under the default tiles (ties keep axis 1)."""
+    ns = len(spatial)
+    if not (nr >= 2 and ns == 4):
+        return [ns - 2]
+    v = spatial[-1]
+
+    def accumulators(axis: int) -> int:
+        u = spatial[axis]
+        if not isinstance(u, int) or not isinstance(v, int):
+            return 0
+        vectors = -(-_vector_tile(v, lanes, u) // lanes)
+        return _register_tiles(u, vectors)[0] * vectors
+
+    return sorted([1, 2], key=lambda a: -accumulators(a))
+
+
 def _kinds(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> str:
     kinds = []
     for iv in sch.get(block).iter_vars:
@@ -204,19 +223,21 @@ def _loops_under(sch: s_tir.Schedule, block: s_tir.SBlockRV, loop: s_tir.LoopRV)
     raise ValueError("block is not under the loop")
 
 
-def _vector_tile(extent: int, lanes: int) -> int:
-    """Tile of the vectorized axis: a multiple of the lanes (up to 4 vectors on wide axes), else the
-    largest divisor <= lanes (one possibly partial vector: 56 -> 14, 7 -> 7)."""
-    for mult in (4, 2, 1):
-        if extent % (lanes * mult) == 0 and (mult == 1 or extent >= 8 * lanes):
-            return lanes * mult
-    return _divisor_at_most(extent, lanes)
+def _vector_tile(extent: int, lanes: int, rows: int) -> int:
+    """Default tile of the vectorized axis for a register axis of `rows`: among the multiples of the lanes
+    up to 4 vectors that divide `extent` (4 only on wide axes), the one whose default register tile holds
+    the most accumulators (ties: the wider); with no such multiple, the largest divisor <= lanes (one
+    possibly partial vector: 56 -> 14, 7 -> 7)."""
+    whole = [lanes * m for m in (4, 2, 1) if extent % (lanes * m) == 0 and (m < 4 or extent >= 8 * lanes)]
+    if not whole:
+        return _divisor_at_most(extent, lanes)
+    return max(whole, key=lambda v: (_register_tiles(rows, v // lanes)[0] * (v // lanes), v))
 
 
-def _vector_tiles(extent: int, lanes: int) -> list[int]:
+def _vector_tiles(extent: int, lanes: int, rows: int) -> list[int]:
     """Vector tile candidates: the default `_vector_tile` first, then the other multiples of the lanes up to
     4 vectors that divide the extent, or (no multiple divides it) its divisors between half a vector and 4."""
-    default = _vector_tile(extent, lanes)
+    default = _vector_tile(extent, lanes, rows)
     divisors = [d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0]
     whole = [d for d in divisors if d % lanes == 0]
     others = whole if whole else [d for d in divisors if d >= lanes // 2]
