@@ -90,12 +90,15 @@ def _tvm_default(model: onnx.ModelProto, target: Any) -> Callable[[dict[str, np.
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from lepton.threads import use_available_cpus
+
     ex = tvm.compile(from_onnx(model), target=target.tvm_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     in_names = [i.name for i in model.graph.input]
     out_names = [o.name for o in model.graph.output]
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        use_available_cpus()  # as Lepton does: TVM's default pool would use half the cores
         out = vm["main"](*[tvm.runtime.tensor(feeds[n]) for n in in_names])
         outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
         return {n: o.numpy() for n, o in zip(out_names, outs, strict=True)}

@@ -199,8 +199,11 @@ def _run_executable(executable: Any, graph: Graph, feeds: dict[str, np.ndarray],
     import tvm
     from tvm import relax
 
+    from lepton.threads import use_available_cpus
+
     dev = tvm.device(tgt.device, 0)
     vm = relax.VirtualMachine(executable, dev)
+    use_available_cpus()
     out = vm["main"](*[tvm.runtime.tensor(feeds[v.name], dev) for v in graph.inputs])
     flat: list[Any] = []
     stack = [out]

@@ -59,7 +59,9 @@ class CompiledModule:
         import tvm
 
         from lepton.codegen.narrow import from_storage_array, to_storage_array  # sub-byte types travel as bytes
+        from lepton.threads import use_available_cpus
 
+        use_available_cpus()
         result = self._main(*(tvm.runtime.tensor(to_storage_array(a), self._device) for a in arrays))
         values = _flatten(result)
         if len(values) != len(self.outputs):

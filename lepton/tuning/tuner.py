@@ -356,7 +356,9 @@ def _exporter(tgt: Target) -> Callable[[tvm.runtime.Module], str] | None:
 
 def _runner(remote: Remote | None, evaluator: ms.runner.EvaluatorConfig) -> ms.Runner:
     if remote is None:
-        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator)
+        from lepton.threads import use_available_cpus
+
+        return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator, initializer=use_available_cpus)
     config = ms.runner.RPCConfig(remote.host, remote.port, remote.key, session_priority=1, session_timeout_sec=120)
     try:
         config.connect_tracker().summary()
