@@ -52,14 +52,17 @@ CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 
 
 def cpu_prepare_passes(target: Target) -> list[tvm.transform.Pass]:
-    """Layout conversion (to the target's preferred layout), library dispatch, legalization and fusion on CPU
+    """Layout conversion (to the target's preferred layout; with NHWC, 3x3 stride-1 convolutions become
+    Winograd F(2x2, 3x3), `lepton.codegen.winograd`), library dispatch, legalization and fusion on CPU
     targets: they make the functions that kernel scheduling sees, so tuning (`lepton.tuning.extract_tasks`)
     runs exactly these to find its workloads. The model's signature keeps its layout: transposes sit at its
     inputs and outputs."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from lepton.codegen.winograd import winograd_conv2d
+
     tvm_target = target.tvm_target()
-    layout = [_channels_last()] if target.layout == "NHWC" else []
+    layout = [_channels_last(), winograd_conv2d()] if target.layout == "NHWC" else []
     return [*layout, *cpu.library_dispatch_passes(tvm_target), *cpu.legalize_passes(tvm_target)]
 
 

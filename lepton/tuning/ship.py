@@ -51,6 +51,7 @@ def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str
     from bench.models import BENCH_MODELS
 
     tgt = targets.resolve(target)
+    load_at_start = os.getloadavg()
     full = work / tgt.tuning_key
     models: dict[str, dict[str, Any]] = {}
     for name, mins in minutes.items():
@@ -72,7 +73,7 @@ def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str
         "evaluator": EVALUATOR._asdict(),
         "workloads": len(pruned.get_all_tuning_records()),  # pruned: one record per workload
         "models": models,
-        "note": "measured on a shared 2-core machine under load from other work: latencies are noisy",
+        "load_average": {"start": load_at_start, "end": os.getloadavg()},  # 1/5/15-minute: how quiet the machine was
     }
     (out / dbs.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
