@@ -118,8 +118,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     say("lowering to TVM Relax")
     mod = to_relax(graph)
     say(f"building with TVM for {tgt.name} ({tgt.kind})")
+    codegen_notes: list[str] = []
     try:
-        executable = build(mod, tgt)
+        executable = build(mod, tgt, codegen_notes)
     except CodegenError as e:
         dynamic = symbolic_inputs(graph)
         if not dynamic:
@@ -135,7 +136,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
         lib = export(executable, tgt, work)
         lepton_ir.save(graph, os.path.join(work, "model.opt.onnx"))
         sig = signature(graph)
-        notes = list(lib.notes)
+        notes = codegen_notes + list(lib.notes)
         if bundle or verify:
             say("running onnxruntime for the verification bundle")
             feeds = samples.first({t.name: t.shape for t in sig.inputs}, guess_shapes=not verify)

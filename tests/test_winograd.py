@@ -96,6 +96,7 @@ def test_winograd_matches_onnxruntime(c: int, k: int, h: int, w: int, pads: list
     model = _conv_model(c, k, (h, w), pads, seed=seed)
     assert "R.nn.conv2d" not in _rewritten(model)
     res = lepton.compile(model, "x86", use_cache=False)
+    assert any("Winograd" in note for note in res.module.manifest.notes)  # the user is told
     x = np.random.default_rng(seed).standard_normal((1, c, h, w)).astype(np.float32)
     np.testing.assert_allclose(res.run(x=x)["y"], run_model(model, {"x": x})["y"], rtol=1e-4, atol=1e-5)
 

@@ -51,18 +51,18 @@ class Library:
 CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 
 
-def cpu_prepare_passes(target: Target) -> list[tvm.transform.Pass]:
+def cpu_prepare_passes(target: Target, notes: list[str] | None = None) -> list[tvm.transform.Pass]:
     """Layout conversion (to the target's preferred layout; with NHWC, 3x3 stride-1 convolutions become
     Winograd F(2x2, 3x3), `lepton.codegen.winograd`), library dispatch, legalization and fusion on CPU
     targets: they make the functions that kernel scheduling sees, so tuning (`lepton.tuning.extract_tasks`)
     runs exactly these to find its workloads. The model's signature keeps its layout: transposes sit at its
-    inputs and outputs."""
+    inputs and outputs. What the layout passes changed is appended to `notes`."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from lepton.codegen.winograd import winograd_conv2d
 
     tvm_target = target.tvm_target()
-    layout = [_channels_last(), winograd_conv2d()] if target.layout == "NHWC" else []
+    layout = [_channels_last(notes), winograd_conv2d(notes)] if target.layout == "NHWC" else []
     return [*layout, *cpu.library_dispatch_passes(tvm_target), *cpu.legalize_passes(tvm_target)]
 
 
@@ -78,24 +78,30 @@ def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
 
 
-def _channels_last() -> tvm.transform.Pass:
+def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
     """`ConvertLayout(CHANNELS_LAST)` on modules with a 2-d convolution. TVM's layout inference refuses some
     graphs (ops of unknown rank next to converted ones); those keep their layouts, which is correct, only slower."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonChannelsLast")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if not _calls_op(mod, "relax.nn.conv2d"):
+        convs = _count_calls(mod, "relax.nn.conv2d")
+        if not convs:
             return mod
         try:
-            return relax.transform.ConvertLayout(CHANNELS_LAST)(mod)
-        except Exception:  # noqa: BLE001 - TVM's layout inference fails with several error types
+            converted = relax.transform.ConvertLayout(CHANNELS_LAST)(mod)
+        except Exception as e:  # noqa: BLE001 - TVM's layout inference fails with several error types
+            if notes is not None:
+                notes.append(f"convolutions kept NCHW: TVM's layout conversion failed ({_first_line(e)[:200]})")
             return mod
+        if notes is not None:
+            notes.append(f"{convs} 2-d convolution(s) computed channels-last (NHWC activations, HWIO weights)")
+        return converted
 
     return _pass
 
 
-def _calls_op(mod: tvm.IRModule, name: str) -> bool:
-    """Whether a Relax function of `mod` calls the operator `name`."""
+def _count_calls(mod: tvm.IRModule, name: str) -> int:
+    """How many calls of the operator `name` the Relax functions of `mod` make."""
     op, found = tvm.ir.Op.get(name), []
 
     def visit(e: relax.Expr) -> None:
@@ -103,13 +109,13 @@ def _calls_op(mod: tvm.IRModule, name: str) -> bool:
             found.append(e)
 
     for func in mod.functions.values():
-        if isinstance(func, relax.Function) and not found:
+        if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return bool(found)
+    return len(found)
 
 
-def relax_pipeline(target: Target) -> tvm.transform.Pass:
-    """The Relax pipeline Lepton uses for `target`."""
+def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transform.Pass:
+    """The Relax pipeline Lepton uses for `target`; what its CPU layout passes changed goes to `notes`."""
     tvm_target = target.tvm_target()
     if target.device != "cpu":
         return relax.get_default_pipeline(tvm_target)
@@ -119,7 +125,7 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with tvm_target:
             seq = tvm.transform.Sequential(
-                cpu_prepare_passes(target)
+                cpu_prepare_passes(target, notes)
                 + cpu_schedule_passes(target)
                 + cpu.dataflow_lower_passes(tvm_target)
                 + cpu.finalize_passes(tvm_target)
@@ -129,10 +135,10 @@ def relax_pipeline(target: Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target: Target) -> relax.VMExecutable:
-    """Compile a Relax module for `target`; TVM failures become `CodegenError`."""
+def build(mod: tvm.IRModule, target: Target, notes: list[str] | None = None) -> relax.VMExecutable:
+    """Compile a Relax module for `target`; TVM failures become `CodegenError`. Layout rewrites are noted in `notes`."""
     try:
-        return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target))
+        return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target, notes))
     except Exception as e:  # noqa: BLE001 - TVM raises many types; report one
         raise CodegenError(f"TVM failed to build the module for target {target.name!r}: {_first_line(e)}") from e
 

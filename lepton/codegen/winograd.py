@@ -34,8 +34,9 @@ MIN_CHANNELS = 64
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
 
-def winograd_conv2d() -> tvm.transform.Pass:
-    """The Relax pass: every eligible conv2d (module docstring) becomes its Winograd F(2x2, 3x3) form."""
+def winograd_conv2d(notes: list[str] | None = None) -> tvm.transform.Pass:
+    """The Relax pass: every eligible conv2d (module docstring) becomes its Winograd F(2x2, 3x3) form;
+    how many did is appended to `notes`."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonWinograd")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -43,6 +44,8 @@ def winograd_conv2d() -> tvm.transform.Pass:
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        if notes is not None and rewriter.rewritten:
+            notes.append(f"{rewriter.rewritten} 3x3 convolution(s) computed as Winograd F(2x2, 3x3)")
         return rewriter.builder_.get()
 
     return _pass
@@ -58,6 +61,7 @@ def transformed_weights(w: np.ndarray) -> np.ndarray:
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
+        self.rewritten = 0
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - PyExprMutator hook
         call = self.visit_expr_post_order(call)
@@ -68,6 +72,7 @@ class _Rewriter(relax.PyExprMutator):
             return call
         if min(weights.shape[2], weights.shape[3]) < MIN_CHANNELS:
             return call
+        self.rewritten += 1
         return self._winograd(call.args[0], weights, [int(p) for p in call.attrs.padding])
 
     def _constant(self, expr: relax.Expr) -> np.ndarray | None:

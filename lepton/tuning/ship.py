@@ -92,9 +92,11 @@ def _model_entry(report: TuneReport, minutes: float) -> dict[str, Any]:
     }
 
 
-def _latencies(model: onnx.ModelProto, tgt: targets.Target, seconds: float = 20.0) -> dict[str, float | int]:
+def _latencies(model: onnx.ModelProto, tgt: targets.Target, seconds: float = 20.0, calls: int = 5) -> dict[str, float | int]:
     """Median end-to-end latency (ms) of the model compiled with the default schedules and with the shipped
-    database only, and in onnxruntime; runs interleaved for `seconds` so load from other work hits all alike."""
+    database only, and in onnxruntime. Rounds for `seconds`, each tool `calls` times in a row per round, so
+    load from other work hits all alike and no tool is always the one right after another's spinning
+    threads (onnxruntime's and TVM's pools spin for a while after a call)."""
     import onnxruntime as ort
 
     from bench.models import synth_inputs
@@ -114,11 +116,12 @@ def _latencies(model: onnx.ModelProto, tgt: targets.Target, seconds: float = 20.
     for run in runs.values():
         run()
     end = time.monotonic() + seconds
-    while time.monotonic() < end or min(len(v) for v in times.values()) < 5:
+    while time.monotonic() < end or min(len(v) for v in times.values()) < calls:
         for key, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[key].append(time.perf_counter() - t0)
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - t0)
     return {k: round(statistics.median(v) * 1e3, 3) for k, v in times.items()} | {"runs": min(len(v) for v in times.values())}
 
 

@@ -10,11 +10,14 @@ spatial-then-reduction (conv2d, depthwise conv, pooling windows, matmul, batch m
 dense), optional injective producers (padding) and an injective epilogue of the same
 spatial shape (bias, activation, residual add). The epilogue's output is tiled as
 `[..., U, V]`: V is the innermost axis (contiguous in memory, vectorized with the target's
-fp32 lanes), U the output-channel axis for convolutions (several reduction axes) or the
-row axis for matmuls (one reduction axis), unrolled so U x V/lanes accumulators stay in
-registers. The reduction is computed into that register tile (`local` scope) at the tile's
-loop, reduction loops outside the tile, and the epilogue is applied on write-back. Outer
-loops run in parallel. The tile decisions (U's axis for convolutions, V, U) are a template:
+fp32 lanes: output channels in NHWC), U another output axis (for 4-d convolutions axis 1 or 2,
+whichever holds more accumulators; the row axis for matmuls), unrolled so U x V/lanes
+accumulators stay in registers. The reduction is computed into that register tile (`local`
+scope) at the tile's loop, reduction loops outside the tile, and the epilogue is applied on
+write-back. Outer loops run in parallel. Producers run as parallel, vectorized stages of their
+own, except those writing bool values, which are inlined into their consumers where TVM allows
+(a vectorized store of a bool intermediate computed wrong results: fully masked attention
+rows). The tile decisions (U's axis for convolutions, V, U) are a template:
 `TiledReduction` takes the defaults, `tiled_reduction_space` draws them with
 `sample_categorical` for tuning (`lepton.tuning`), index 0 being the default.
 
@@ -153,7 +156,8 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     sch.vectorize(v_i)
     sch.decompose_reduction(red, red_loops[0])
     for b in blocks[:r]:
-        _parallel_vectorize(sch, b, lanes)
+        if not (_writes_bool(sch, b) and _inlined(sch, b)):
+            _parallel_vectorize(sch, b, lanes)
     return sch
 
 
@@ -191,6 +195,19 @@ def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
         return _register_tiles(u, vectors)[0] * vectors
 
     return sorted([1, 2], key=lambda a: -accumulators(a))
+
+
+def _writes_bool(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    return any(str(region.source.dtype) == "bool" for region in sch.get(block).writes)
+
+
+def _inlined(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Inline `block` into its consumers if TVM allows; whether it did."""
+    try:
+        sch.compute_inline(block)
+    except Exception:  # noqa: BLE001 - s_tir refuses blocks it cannot inline
+        return False
+    return True
 
 
 def _kinds(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> str:
