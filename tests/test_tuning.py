@@ -241,15 +241,15 @@ def test_progress_display_shows_budget_left_and_each_task() -> None:
 
     report = TuneReport("m.onnx", "x86", "x86-avx512-fp32", "/db", 1800.0, trials=12, tasks=[
         TaskStatus("fused_conv2d_relu", 2, grid=22, measured=12, trials=12, default_secs=2e-3, best_secs=1e-3,
-                   best_choices=(2, 14, 8)),
-        TaskStatus("matmul", 1, best_secs=5e-4, best_choices=(64, 4), shipped=True),
+                   best_choices=(2, 14, 8, 1)),
+        TaskStatus("matmul", 1, best_secs=5e-4, best_choices=(64, 4, 0), shipped=True),
     ])
     console = Console(record=True, width=120)
     console.print(render(report, elapsed=600.0))
     text = console.export_text()
     assert "10m00s of 30m00s, 20m00s left, 12 trials" in text
-    assert "12/22" in text and "2.00x" in text and "U=8 rows V=14" in text
-    assert "shipped" in text and "U=4 V=64" in text
+    assert "12/22" in text and "2.00x" in text and "U=8 axis2 V=14 V-outer" in text
+    assert "shipped" in text and "U=4 V=64 V-inner" in text
 
 
 # -- RPC --------------------------------------------------------------------------------------------

@@ -56,17 +56,18 @@ def trace_path(trace: s_tir.Trace) -> DecisionPath:
 
 
 def trace_choices(trace: s_tir.Trace) -> tuple[int, ...]:
-    """The values the decisions of a trace chose (axis, V, U), for reports."""
+    """The values the decisions of a trace chose ([axis,] V, U, loop order), for reports."""
     return tuple(
         int(inst.attrs[0][int(trace.get_decision(inst))]) for inst in trace.insts if inst.kind.name == _SAMPLE_CATEGORICAL
     )
 
 
 def describe_tiles(choices: Sequence[int]) -> str:
-    """`trace_choices` for people: `U=8 rows V=14` (conv: the axis U tiles, channels or rows), `U=4 V=64` (matmul)."""
-    if len(choices) == 3:
-        return f"U={choices[2]} {'ch' if choices[0] == 1 else 'rows'} V={choices[1]}"
-    return f"U={choices[1]} V={choices[0]}" if len(choices) == 2 else ""
+    """`trace_choices` for people: `U=8 axis2 V=32 V-outer` (4-d conv: the axis U tiles), `U=4 V=64 V-inner` (matmul)."""
+    order = {0: "V-inner", 1: "V-outer"}
+    if len(choices) == 4:
+        return f"U={choices[2]} axis{choices[0]} V={choices[1]} {order.get(choices[3], '')}"
+    return f"U={choices[1]} V={choices[0]} {order.get(choices[2], '')}" if len(choices) == 3 else ""
 
 
 class GridWalk:
