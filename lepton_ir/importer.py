@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from lepton_ir.core import Attr, Graph, Node, Value
 from lepton_ir.errors import InvalidModelError, ModelLoadError, UnsupportedModelError
 from lepton_ir.external import resolve_external
-from lepton_ir.structure import check_and_sort
+from lepton_ir.structure import all_graphs, all_node_protos, check_and_sort
 from lepton_ir.tensor import Tensor, _read_region
 from lepton_ir.types import Shape, dtype_bits
 
@@ -180,7 +180,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
     imported = {"" if i.domain == "ai.onnx" else i.domain for i in model.opset_import}
     bad = [
         f"{n.name or '<unnamed>'} ({n.domain}::{n.op_type})"
-        for n in _all_node_protos(model.graph)
+        for n in all_node_protos(model.graph)
         if ("" if n.domain == "ai.onnx" else n.domain) not in imported
     ]
     if bad:
@@ -188,7 +188,7 @@ def _check_versions(model: onnx.ModelProto) -> None:
 
 
 def _check_value_types(graph: onnx.GraphProto) -> None:
-    for g in _all_graphs(graph):
+    for g in all_graphs(graph):
         for sp in g.sparse_initializer:
             raise UnsupportedModelError(
                 f"sparse initializer {sp.values.name!r} is not supported; store it as a dense initializer"
@@ -208,24 +208,8 @@ def _check_value_types(graph: onnx.GraphProto) -> None:
             raise UnsupportedModelError(f"graph input/output {vi.name!r} is a string tensor; string tensors are not supported")
 
 
-def _all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for node in graph.node:
-        for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _all_graphs(g)
-
-
-def _all_node_protos(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for g in _all_graphs(graph):
-        yield from g.node
-
-
 def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         yield from g.initializer
         for node in g.node:
             for a in node.attribute:
@@ -306,7 +290,7 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as e:
         raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
     types: dict[str, onnx.TypeProto] = {}
-    for g in _all_graphs(inferred.graph):
+    for g in all_graphs(inferred.graph):
         for vi in list(g.value_info) + list(g.output):
             types.setdefault(vi.name, vi.type)
     return types
@@ -317,7 +301,7 @@ _DATA_PROP_MAX_LEN = 1 << 16
 
 def _max_1d_length(model: onnx.ModelProto) -> int:
     longest = 0
-    for g in _all_graphs(model.graph):
+    for g in all_graphs(model.graph):
         for vi in [*g.input, *g.value_info, *g.output]:
             dims = vi.type.tensor_type.shape.dim
             if len(dims) == 1 and dims[0].HasField("dim_value"):
@@ -364,7 +348,7 @@ def _light_copy(model: onnx.ModelProto, regions: dict[int, tuple[onnx.TensorProt
 
 def _nested_tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     """Node attribute tensors of every graph and initializers of subgraphs, in a fixed order."""
-    for g in _all_graphs(graph):
+    for g in all_graphs(graph):
         if g is not graph:
             yield from g.initializer
         for node in g.node:
@@ -412,7 +396,7 @@ class _Builder:
 
     def build_model(self, model: onnx.ModelProto) -> Graph:
         opsets = {("" if i.domain == "ai.onnx" else i.domain): i.version for i in model.opset_import}
-        for g in _all_graphs(model.graph):
+        for g in all_graphs(model.graph):
             self.names.update(v.name for v in g.input)
             self.names.update(t.name for t in g.initializer)
             for n in g.node:

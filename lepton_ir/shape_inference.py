@@ -39,7 +39,8 @@ import onnx
 
 from lepton_ir.core import Graph, Node, Value
 from lepton_ir.exporter import _Writer
-from lepton_ir.importer import _DATA_PROP_MAX_LEN, _all_graphs, _shape_of
+from lepton_ir.importer import _DATA_PROP_MAX_LEN, _shape_of
+from lepton_ir.structure import all_graphs
 from lepton_ir.tensor import Tensor
 from lepton_ir.types import Dim, Shape, dtype_bits
 
@@ -82,7 +83,7 @@ def infer_types(graph: Graph, names: set[str] | None = None) -> dict[str, onnx.T
     if inferred is None:
         return {}
     types: dict[str, onnx.TypeProto] = {}
-    graphs = _all_graphs(inferred.graph) if writer.nested else [inferred.graph]
+    graphs = all_graphs(inferred.graph) if writer.nested else [inferred.graph]
     for g in graphs:
         for vis in (g.value_info, g.output):
             for vi in vis:

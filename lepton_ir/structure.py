@@ -8,6 +8,7 @@ Returns the nodes in a topological order (stable: a sorted graph keeps its order
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterator
 
 import onnx
 
@@ -26,6 +27,20 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
         elif a.type == onnx.AttributeProto.GRAPHS:
             out.extend(a.graphs)
     return out
+
+
+def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """`graph` and every subgraph in it (GRAPH / GRAPHS attributes, recursively), outermost first."""
+    yield graph
+    for node in graph.node:
+        for sub in _subgraphs(node):
+            yield from all_graphs(sub)
+
+
+def all_node_protos(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph` and of its subgraphs."""
+    for g in all_graphs(graph):
+        yield from g.node
 
 
 def captured_names(graph: onnx.GraphProto) -> set[str]:

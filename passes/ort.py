@@ -13,6 +13,8 @@ import functools
 import numpy as np
 import onnx
 
+from lepton_ir.structure import all_node_protos
+
 #: The newest default-domain opset and IR version onnxruntime 1.31 loads.
 ORT_MAX_OPSET = 26
 ORT_MAX_IR_VERSION = 13
@@ -48,7 +50,7 @@ def ort_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     entry = next((o for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     lower_opset = entry is not None and entry.version > ORT_MAX_OPSET and not model.functions
     if lower_opset:
-        ops = {n.op_type for n in _all_nodes(model.graph) if n.domain in ("", "ai.onnx")}
+        ops = {n.op_type for n in all_node_protos(model.graph) if n.domain in ("", "ai.onnx")}
         lower_opset = all(_since(op, entry.version) == _since(op, ORT_MAX_OPSET) for op in ops)
     lower_ir = model.ir_version > ORT_MAX_IR_VERSION
     if not lower_opset and not lower_ir:
@@ -63,16 +65,6 @@ def ort_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
                 o.version = ORT_MAX_OPSET
     return lowered
 
-
-def _all_nodes(graph: onnx.GraphProto):  # type: ignore[no-untyped-def]
-    for n in graph.node:
-        yield n
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _all_nodes(g)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -24,6 +24,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from lepton.codegen import float8
+from lepton_ir.structure import all_graphs
 
 #: ONNX type -> (numpy type, storage numpy type, TVM storage dtype).
 NARROW: dict[int, tuple[np.dtype, np.dtype, str]] = {
@@ -65,7 +66,7 @@ def from_storage_array(a: np.ndarray, dtype_name: str) -> np.ndarray:
 def to_storage(model: onnx.ModelProto) -> None:
     """In place: narrow types become storage types (graph inputs, outputs, value infos, initializers,
     Constant values); nodes reading or making narrow values are marked with their ONNX types."""
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         types: dict[str, int] = {}
         for vi in [*g.input, *g.output, *g.value_info]:
             t = vi.type.tensor_type.elem_type
@@ -91,17 +92,6 @@ def to_storage(model: onnx.ModelProto) -> None:
                 n.attribute.append(onnx.helper.make_attribute(IN_ATTR, ins))
             if any(outs):
                 n.attribute.append(onnx.helper.make_attribute(OUT_ATTR, outs))
-
-
-def _graphs(g: onnx.GraphProto):  # type: ignore[no-untyped-def]
-    yield g
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for s in a.graphs:
-                    yield from _graphs(s)
 
 
 def _storage_tensor(t: onnx.TensorProto) -> onnx.TensorProto:

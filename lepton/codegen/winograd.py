@@ -100,15 +100,15 @@ class _Rewriter(relax.PyExprMutator):
         # pad so that every 4x4 tile (stride 2) lies inside: rows 2 * tiles_h + 2, columns 2 * tiles_w + 2
         xp = emit(op.nn.pad(x, [0, 0, top, 2 * tiles_h + 2 - h - top, left, 2 * tiles_w + 2 - wd - left, 0, 0]))
 
-        def rows(t: relax.Expr, i: int, count: int, axis: int) -> relax.Expr:
+        def every_other(t: relax.Expr, i: int, count: int, axis: int) -> relax.Expr:  # t[i], t[i+2], ... along axis
             return emit(op.strided_slice(t, axes=[axis], begin=[i], end=[i + 2 * count - 1], strides=[2]))
 
         def bt(parts: list[relax.Expr]) -> list[relax.Expr]:  # B^T applied along one tile axis
             d0, d1, d2, d3 = parts
             return [emit(op.subtract(d0, d2)), emit(op.add(d1, d2)), emit(op.subtract(d2, d1)), emit(op.subtract(d1, d3))]
 
-        t_rows = bt([rows(xp, i, tiles_h, 1) for i in range(4)])
-        v = [vab for t in t_rows for vab in bt([rows(t, j, tiles_w, 2) for j in range(4)])]
+        t_rows = bt([every_other(xp, i, tiles_h, 1) for i in range(4)])
+        v = [vab for t in t_rows for vab in bt([every_other(t, j, tiles_w, 2) for j in range(4)])]
         tiles = n * tiles_h * tiles_w
         v_all = emit(op.reshape(emit(op.stack(v, axis=0)), [16, tiles, c]))
         m = emit(op.matmul(v_all, relax.const(transformed_weights(w))))  # [16, tiles, K]

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from tvm import IRModule, s_tir
 
-from lepton.codegen.schedules.cpu import tiled_reduction_space
+from lepton.codegen.schedules.cpu import LOOP_ORDER_NAMES, tiled_reduction_space
 
 DecisionPath = tuple[int, ...]
 
@@ -64,10 +64,9 @@ def trace_choices(trace: s_tir.Trace) -> tuple[int, ...]:
 
 def describe_tiles(choices: Sequence[int]) -> str:
     """`trace_choices` for people: `U=8 axis2 V=32 V-outer` (4-d conv: the axis U tiles), `U=4 V=64 V-inner` (matmul)."""
-    order = {0: "V-inner", 1: "V-outer"}
     if len(choices) == 4:
-        return f"U={choices[2]} axis{choices[0]} V={choices[1]} {order.get(choices[3], '')}"
-    return f"U={choices[1]} V={choices[0]} {order.get(choices[2], '')}" if len(choices) == 3 else ""
+        return f"U={choices[2]} axis{choices[0]} V={choices[1]} {LOOP_ORDER_NAMES.get(choices[3], '')}"
+    return f"U={choices[1]} V={choices[0]} {LOOP_ORDER_NAMES.get(choices[2], '')}" if len(choices) == 3 else ""
 
 
 class GridWalk:

@@ -87,13 +87,16 @@ def run_case(name: str, specialize: bool = True) -> CaseResult:
                 Runner.assert_similar_outputs(
                     [_normalize_tensor(x) for x in expected], outputs, rtol=case.rtol, atol=case.atol, model_dir=name
                 )
-    except AssertionError as e:
-        if stage == "compare":
-            return CaseResult(name, "fail", _short(e), time.perf_counter() - t0)
-        return CaseResult(name, "error", f"{stage}: {_short(e, with_type=True)}", time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - every failure of a case is recorded with its reason
-        return CaseResult(name, "error", f"{stage}: {_short(e, with_type=True)}", time.perf_counter() - t0)
+        return _failed(name, stage, e, t0)
     return CaseResult(name, "pass", "", time.perf_counter() - t0, tuple(rep.specialized_on))
+
+
+def _failed(name: str, stage: str, e: Exception, t0: float) -> CaseResult:
+    """A case that raised at `stage`: "fail" for an assertion in the output comparison, else "error"."""
+    if isinstance(e, AssertionError) and stage == "compare":
+        return CaseResult(name, "fail", _short(e), time.perf_counter() - t0)
+    return CaseResult(name, "error", f"{stage}: {_short(e, with_type=True)}", time.perf_counter() - t0)
 
 
 def _short(e: BaseException, *, with_type: bool = False) -> str:
@@ -169,26 +172,20 @@ def run_case_tvm_only(name: str) -> CaseResult:
             warnings.simplefilter("ignore")
             mod = from_onnx(case.model, keep_params_in_input=False)
             stage = "build"
-            target = tvm.target.Target({"kind": "llvm", "mcpu": "native" if False else "x86-64"})
+            target = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64"})
             exe = tvm.compile(mod, target=target)
             vm = relax.VirtualMachine(exe, tvm.cpu())
-            inits = {t.name for t in case.model.graph.initializer}
             for inputs, expected in case.data_sets:
                 stage = "run"
                 args = [tvm.runtime.tensor(np.ascontiguousarray(_normalize_tensor(x)), tvm.cpu()) for x in inputs]
-                del inits
                 out = vm["main"](*args)
                 outputs = _flat(out)
                 stage = "compare"
                 Runner.assert_similar_outputs(
                     [_normalize_tensor(x) for x in expected], outputs, rtol=case.rtol, atol=case.atol, model_dir=name
                 )
-    except AssertionError as e:
-        if stage == "compare":
-            return CaseResult(name, "fail", _short(e), time.perf_counter() - t0)
-        return CaseResult(name, "error", f"{stage}: {_short(e, with_type=True)}", time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001
-        return CaseResult(name, "error", f"{stage}: {_short(e, with_type=True)}", time.perf_counter() - t0)
+        return _failed(name, stage, e, t0)
     return CaseResult(name, "pass", "", time.perf_counter() - t0)
 
 

@@ -40,6 +40,7 @@ _SPATIAL, _REDUCE = 0, 2  # tirx.IterVar types
 #: or outermost (each thread keeps one weight panel in cache while it sweeps the pixels/rows; better where
 #: the weights are large: BERT-small 24.7 -> 22.4 ms, but ResNet-18 15.6 -> 16.4 ms, so tuning chooses).
 _VECTOR_TILES_INSIDE, _VECTOR_TILES_OUTSIDE = 0, 1
+LOOP_ORDER_NAMES = {_VECTOR_TILES_INSIDE: "V-inner", _VECTOR_TILES_OUTSIDE: "V-outer"}  # for tuning reports
 _MAX_ACCUMULATORS = 24  # of 32 vector registers (AVX-512, NEON); the rest hold inputs
 
 
@@ -192,7 +193,7 @@ class Injective(_Rule):
 
 def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
     """Candidate register-tile axes, best default first: the row axis for matmuls (one reduction axis);
-    for 4-d convolutions axis 1 or 2 (output channels and width in NCHW, height and width in NHWC),
+    for 4-d convolutions axis 1 or 2 (output channels and rows in NCHW, rows and columns in NHWC),
     whichever holds more accumulators under the default tiles (ties keep axis 1)."""
     ns = len(spatial)
     if not (nr >= 2 and ns == 4):
