@@ -53,17 +53,26 @@ CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
 
 def cpu_prepare_passes(target: Target, notes: list[str] | None = None) -> list[tvm.transform.Pass]:
     """Layout conversion (to the target's preferred layout; with NHWC, 3x3 stride-1 convolutions become
-    Winograd F(2x2, 3x3), `lepton.codegen.winograd`), library dispatch, legalization and fusion on CPU
+    Winograd F(2x2, 3x3), `lepton.codegen.winograd`), library dispatch, legalization (float32 exp, erf, tanh and
+    sigmoid as vector polynomials, `lepton.codegen.vector_math`) and fusion on CPU
     targets: they make the functions that kernel scheduling sees, so tuning (`lepton.tuning.extract_tasks`)
     runs exactly these to find its workloads. The model's signature keeps its layout: transposes sit at its
     inputs and outputs. What the layout passes changed is appended to `notes`."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from lepton.codegen.vector_math import legalize_map
     from lepton.codegen.winograd import winograd_conv2d
 
     tvm_target = target.tvm_target()
     layout = [_channels_last(notes), winograd_conv2d(notes)] if target.layout == "NHWC" else []
-    return [*layout, *cpu.library_dispatch_passes(tvm_target), *cpu.legalize_passes(tvm_target)]
+    legalize = [  # TVM's CPU legalize_passes, with vectorizable float32 exp/erf/tanh/sigmoid
+        relax.transform.LegalizeOps(legalize_map()),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    return [*layout, *cpu.library_dispatch_passes(tvm_target), *legalize]
 
 
 def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
