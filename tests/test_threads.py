@@ -34,3 +34,14 @@ def test_pool_uses_every_available_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_user_setting_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TVM_NUM_THREADS", "1")
     assert _threads_in_fresh_thread(configure=True) == 1
+
+
+def test_workers_are_not_pinned_unless_the_user_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TVM_BIND_THREADS", raising=False)
+    _threads_in_fresh_thread(configure=True)
+    import os
+
+    assert os.environ["TVM_BIND_THREADS"] == "0"
+    monkeypatch.setenv("TVM_BIND_THREADS", "1")
+    _threads_in_fresh_thread(configure=True)
+    assert os.environ["TVM_BIND_THREADS"] == "1"
