@@ -90,6 +90,8 @@ def compile(  # noqa: A001 - the public name the issue asks for
     ones; VerificationError with the report when an output leaves the policy (`lepton.verify.policy`).
     `bundle=False` (honoured only with `verify=False`) skips onnxruntime altogether, for callers that
     check outputs themselves (`lepton.backend`): the artifact's bundle then holds zeros and no outputs.
+    With `verify_inputs` the module is built afresh, neither from nor into the compile cache, so that its
+    bundle holds the first given sample.
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -98,6 +100,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     graph = _import(model, example_inputs)
     reference = lepton_ir.to_onnx(graph)
     samples = Samples(graph, verify_inputs, verify_samples)
+    use_cache = use_cache and not samples.given  # a cached artifact's bundle would hold another compile's sample
     source_sha = hashlib.sha256(reference.SerializeToString(deterministic=True)).hexdigest()
     options = {"input_shapes": {k: list(map(int, v)) for k, v in (input_shapes or {}).items()}, "passes": passes}
     options["tuning"] = fingerprint(tgt)  # the tuning databases compile would apply are part of the build

@@ -337,6 +337,7 @@ def test_report_json_round_trips_with_positions_and_problems() -> None:
 
 
 def test_compile_verifies_every_given_sample_and_bundles_the_first(tmp_path: Path) -> None:
+    lepton.compile(DEMO, "x86", verify=False)  # a cached build whose bundle holds a synthesized sample
     data = _images(3, batch=2, seed=7)
     res = lepton.compile(DEMO, "x86", output_dir=tmp_path / "a", verify_inputs=data)
     assert res.verify_report is not None and res.verify_report.ok and res.verify_report.samples == 3
