@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import pytest
 from fuzz import Runner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -71,12 +70,10 @@ def reversed_slice_of_broadcast_reshape() -> tuple[onnx.ModelProto, dict[str, np
     return model, {"x": rng.standard_normal((2, 2, 1, 5)), "b": rng.standard_normal((5, 2, 2, 1))}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: Lepton's Injective rule inlines the broadcast/reshape/add producers into the reversed Slice "
-    "(s_tir compute_inline, no loop transformation needed to trigger it) and the module reads the wrong elements; "
-    "the same function left unscheduled is right. Suspect: TVM 0.27's inlining/index simplification of "
-    "floordiv/floormod over (9 - v). Found 2026-11-29, also present before that day's codegen changes."))
 def test_reversed_slice_over_broadcast_reshape_matches_onnxruntime() -> None:
+    """Was wrong: Lepton's Injective rule inlined the reshape into the reversed read, and TVM 0.27's simplifier,
+    flattening buffers, rewrote floormod(4 - v, 5) to -floormod(v, -5). Blocks read at a reversed index are no
+    longer inlined (`lepton.codegen.schedules.cpu._read_reversed`)."""
     model, feeds = reversed_slice_of_broadcast_reshape()
     with Runner(timeout=60, warmup=180) as runner:
         out = runner.check(model, feeds)

@@ -182,6 +182,8 @@ class Injective(_Rule):
         if not blocks or any("R" in _kinds(sch, b) for b in blocks):
             return None
         for b in blocks[:-1]:
+            if _read_reversed(sch, b):
+                continue
             try:
                 sch.compute_inline(b)
             except Exception:  # noqa: BLE001 - an output or a multi-consumer block stays a stage of its own
@@ -208,6 +210,21 @@ def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
         return _register_tiles(u, vectors)[0] * vectors
 
     return sorted([1, 2], key=lambda a: -accumulators(a))
+
+
+def _read_reversed(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether a consumer reads `block`'s output at an index `c - v` (a reversed Slice). Such a block is not
+    inlined: TVM 0.27's simplifier rewrites floormod(c - v, d) (from a reshape inlined into the reversed read)
+    to -floormod(v, -d), dropping c, when it flattens buffers, and the kernel reads the wrong elements
+    (tests/regressions: fuzzer find 2466a653bb91)."""
+    written = {region.source.same_as for region in sch.get(block).writes}
+    for consumer in sch.get_consumers(block):
+        for region in sch.get(consumer).reads:
+            if any(same(region.source) for same in written) and any(
+                isinstance(r.min, tirx.Sub) and not isinstance(r.min.b, tirx.IntImm) for r in region.region
+            ):
+                return True
+    return False
 
 
 def _writes_bool(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
