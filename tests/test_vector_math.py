@@ -99,7 +99,7 @@ def test_only_float32_calls_are_replaced() -> None:
     from tvm import relax
 
     table = vector_math.legalize_map()
-    assert {"relax.exp", "relax.erf", "relax.tanh", "relax.sigmoid", "relax.nn.softmax", "relax.nn.log_softmax",
+    assert {"relax.nn.relu", "relax.exp", "relax.erf", "relax.tanh", "relax.sigmoid", "relax.nn.softmax", "relax.nn.log_softmax",
             "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu"} <= set(table)
     texts = {}
     for dtype in ("float32", "float64"):
@@ -121,7 +121,7 @@ def _unary_model(op: str, shape: list[int], dtype: int = TensorProto.FLOAT, **at
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)], ir_version=10)
 
 
-CASES = [("Exp", {}), ("Erf", {}), ("Tanh", {}), ("Sigmoid", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"}),
+CASES = [("Relu", {}), ("Exp", {}), ("Erf", {}), ("Tanh", {}), ("Sigmoid", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"}),
          ("Softmax", {"axis": -1}), ("Softmax", {"axis": 1}), ("LogSoftmax", {"axis": -1}), ("LogSoftmax", {"axis": 0}),
          ("Elu", {}), ("HardSwish", {})]
 
@@ -135,7 +135,7 @@ def test_models_match_onnxruntime(case, shape, scale, seed) -> None:
         attrs = {"axis": -1}
     model = _unary_model(op, shape, **attrs)
     x = (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-    x.flat[0] = np.nan if seed % 5 == 0 and op != "Elu" else x.flat[0]  # Elu: see the xfail below
+    x.flat[0] = np.nan if seed % 5 == 0 else x.flat[0]
     res = lepton.compile(model, "x86", use_cache=False, verify=False)
     np.testing.assert_allclose(res.run(x=x)["y"], run_model(model, {"x": x})["y"], rtol=1e-4, atol=1e-5)
 
@@ -147,12 +147,10 @@ def test_float64_model_still_matches_onnxruntime() -> None:
     np.testing.assert_allclose(res.run(x=x)["y"], run_model(model, {"x": x})["y"], rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "not fixed: TVM lowers ReLU (and Elu, Selu, HardSigmoid, built on max/min) as max(x, 0), which gives 0 for "
-    "NaN where onnxruntime gives NaN. A select(x < 0, 0, x) legalization keeps NaN but made ResNet-18 "
-    "13.9 -> 15-19 ms (2026-11-29), so it was not taken."))
-def test_relu_keeps_nan() -> None:
-    model = _unary_model("Relu", [4])
-    x = np.array([np.nan, -1.0, 0.5, np.inf], np.float32)
-    got = lepton.compile(model, "x86", use_cache=False, verify=False).run(x=x)["y"]
-    assert np.array_equal(np.isnan(got), np.isnan(run_model(model, {"x": x})["y"]))
+def test_relu_and_elu_keep_nan() -> None:
+    """TVM's max(x, 0) gave 0 for NaN (Selu and HardSigmoid, built on clip/maximum, still do)."""
+    x = np.array([np.nan, -1.0, 0.5, np.inf, -np.inf], np.float32)
+    for op in ("Relu", "Elu"):
+        model = _unary_model(op, [5])
+        got = lepton.compile(model, "x86", use_cache=False, verify=False).run(x=x)["y"]
+        np.testing.assert_array_equal(got, run_model(model, {"x": x})["y"])
