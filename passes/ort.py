@@ -66,7 +66,6 @@ def ort_compatible(model: onnx.ModelProto) -> onnx.ModelProto:
     return lowered
 
 
-
 @functools.lru_cache(maxsize=4096)
 def _since(op_type: str, opset: int) -> int:
     try:

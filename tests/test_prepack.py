@@ -15,7 +15,7 @@ import lepton
 import lepton_ir
 import targets
 from lepton.codegen import to_relax
-from lepton.codegen.tvm_build import cpu_prepack_passes, cpu_prepare_passes, cpu_schedule_passes
+from lepton.codegen.tvm_build import _relax_calls, cpu_prepack_passes, cpu_prepare_passes, cpu_schedule_passes
 from passes.ort import run_model
 
 X86 = targets.resolve("x86")
@@ -44,14 +44,10 @@ def _kernel_param_shapes(model: onnx.ModelProto, prepack: bool) -> dict[str, lis
     passes = cpu_prepare_passes(X86) + cpu_schedule_passes(X86) + (cpu_prepack_passes() if prepack else [])
     with X86.tvm_target():
         mod = tvm.transform.Sequential(passes)(to_relax(lepton_ir.load(model)))
-    call_tir, shapes = tvm.ir.Op.get("relax.call_tir"), {}
-
-    def visit(e: relax.Expr) -> None:
-        if isinstance(e, relax.Call) and e.op.same_as(call_tir) and "matmul" in e.args[0].name_hint:
-            func = mod[e.args[0]]
-            shapes[e.args[0].name_hint] = [tuple(int(d) for d in p.shape) for p in func.params]
-
-    relax.analysis.post_order_visit(mod["main"], visit)
+    shapes = {}
+    for e in _relax_calls(mod, tvm.ir.Op.get("relax.call_tir")):
+        if "matmul" in e.args[0].name_hint:
+            shapes[e.args[0].name_hint] = [tuple(int(d) for d in p.shape) for p in mod[e.args[0]].params]
     assert all(isinstance(f, (tirx.PrimFunc, relax.Function)) for f in mod.functions.values())
     return shapes
 

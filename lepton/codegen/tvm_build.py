@@ -116,16 +116,16 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
             sch = s_tir.Schedule(func.with_attr("layout_free_buffers", params))
             try:
                 if rewrite.apply(sch):
-                    split(tvm.IRModule({gv: sch.mod["main"]}))  # the kernel alone must split
-                    changed[gv] = sch.mod["main"]
+                    rewritten = sch.mod["main"]
+                    split(tvm.IRModule({gv: rewritten}))  # the kernel alone must split
+                    changed[gv] = rewritten
             except Exception:  # noqa: BLE001 - s_tir raises several types for access patterns it cannot rewrite
                 continue
         if not changed:
             return mod
         others = {gv: f for gv, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and gv not in changed}
-        rest = {gv: f for gv, f in mod.functions_items() if gv not in others}
-        rest.update(changed)
-        out = split(tvm.IRModule(rest, attrs=mod.attrs))
+        out = split(tvm.IRModule({gv: changed.get(gv, f) for gv, f in mod.functions_items() if gv not in others},
+                                 attrs=mod.attrs))
         for gv, func in others.items():
             out[gv] = func
         if notes is not None:
@@ -138,16 +138,25 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
 def _constant_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, list[int]]:
     """For each PrimFunc the Relax functions call, the indices of its parameters that are constant at every call."""
     call_tir, sites = tvm.ir.Op.get("relax.call_tir"), {}
-
-    def visit(e: relax.Expr) -> None:
-        if isinstance(e, relax.Call) and e.op.same_as(call_tir) and isinstance(e.args[1], relax.Tuple):
+    for e in _relax_calls(mod, call_tir):
+        if isinstance(e.args[1], relax.Tuple):
             constant = {i for i, a in enumerate(e.args[1].fields) if isinstance(a, tvm.ir.expr.Constant)}
             sites.setdefault(e.args[0], []).append(constant)
+    return {gv: sorted(set.intersection(*found)) for gv, found in sites.items()}
+
+
+def _relax_calls(mod: tvm.IRModule, op: tvm.ir.Op) -> list[relax.Call]:
+    """Every call of the operator `op` in the Relax functions of `mod`."""
+    found: list[relax.Call] = []
+
+    def visit(e: relax.Expr) -> None:
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op):
+            found.append(e)
 
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
-    return {gv: sorted(set.intersection(*found)) for gv, found in sites.items()}
+    return found
 
 
 def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
@@ -156,7 +165,7 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonChannelsLast")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        convs = _count_calls(mod, "relax.nn.conv2d")
+        convs = len(_relax_calls(mod, tvm.ir.Op.get("relax.nn.conv2d")))
         if not convs:
             return mod
         try:
@@ -170,20 +179,6 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
         return converted
 
     return _pass
-
-
-def _count_calls(mod: tvm.IRModule, name: str) -> int:
-    """How many calls of the operator `name` the Relax functions of `mod` make."""
-    op, found = tvm.ir.Op.get(name), []
-
-    def visit(e: relax.Expr) -> None:
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op):
-            found.append(e)
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
-    return len(found)
 
 
 def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transform.Pass:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import tvm
 from tvm import relax, te, tirx
 
 _F32 = "float32"
@@ -173,7 +174,7 @@ _UNARY = {
 
 def _float32_only(op: str, ours: LegalizeFunc) -> LegalizeFunc:
     """`ours` for float32 calls, TVM's own legalization for any other type."""
-    default = tvm_legalize(op)
+    default = tvm.ir.Op.get(op).get_attr("FLegalize")  # TVM's registered legalization
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         ty = call.args[0].ty
@@ -182,13 +183,6 @@ def _float32_only(op: str, ours: LegalizeFunc) -> LegalizeFunc:
         return default(bb, call)
 
     return legalize
-
-
-def tvm_legalize(op: str) -> LegalizeFunc:
-    """TVM's registered legalization of the Relax operator `op`."""
-    import tvm
-
-    return tvm.ir.Op.get(op).get_attr("FLegalize")
 
 
 def legalize_map() -> dict[str, LegalizeFunc]:

@@ -182,12 +182,8 @@ class Injective(_Rule):
         if not blocks or any("R" in _kinds(sch, b) for b in blocks):
             return None
         for b in blocks[:-1]:
-            if _read_reversed(sch, b):
-                continue
-            try:
-                sch.compute_inline(b)
-            except Exception:  # noqa: BLE001 - an output or a multi-consumer block stays a stage of its own
-                pass
+            if not _read_reversed(sch, b):
+                _inlined(sch, b)  # an output or a multi-consumer block stays a stage of its own
         for b in sch.get_child_blocks(sch.get_sblock("root")):
             _parallel_vectorize(sch, b, self.lanes)
         return sch
@@ -217,14 +213,13 @@ def _read_reversed(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
     inlined: TVM 0.27's simplifier rewrites floormod(c - v, d) (from a reshape inlined into the reversed read)
     to -floormod(v, -d), dropping c, when it flattens buffers, and the kernel reads the wrong elements
     (tests/regressions: fuzzer find 2466a653bb91)."""
-    written = {region.source.same_as for region in sch.get(block).writes}
-    for consumer in sch.get_consumers(block):
-        for region in sch.get(consumer).reads:
-            if any(same(region.source) for same in written) and any(
-                isinstance(r.min, tirx.Sub) and not isinstance(r.min.b, tirx.IntImm) for r in region.region
-            ):
-                return True
-    return False
+    written = [region.source for region in sch.get(block).writes]
+    return any(
+        any(region.source.same_as(w) for w in written)
+        and any(isinstance(r.min, tirx.Sub) and not isinstance(r.min.b, tirx.IntImm) for r in region.region)
+        for consumer in sch.get_consumers(block)
+        for region in sch.get(consumer).reads
+    )
 
 
 def _writes_bool(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
