@@ -4,16 +4,35 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+# Every installed package, transitive ones included, is pinned in $(LOCK): a fresh clone installs
+# the same set on any later day. `make lock` refreshes it on purpose (after editing pyproject.toml).
+LOCK   := requirements.lock
+MODELS_LOCK := requirements-models.lock
+PIP_VERSION := 26.3
+UV_VERSION  := 0.13.8
+LOCK_EXTRAS := --extra test --extra bench --extra corpus
 
-.PHONY: install test test-all demo bench bench-latency fuzz clean system-deps
+.PHONY: install lock test test-all demo bench bench-latency fuzz clean system-deps
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) $(MODELS_LOCK)
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(MODELS_LOCK)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## lock: re-resolve pyproject.toml's dependencies (all extras) into requirements.lock with uv
+lock:
+	$(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q uv==$(UV_VERSION)
+	build/lock-venv/bin/uv pip compile pyproject.toml $(LOCK_EXTRAS) --universal --python-version 3.11 \
+		--no-header --output-file $(LOCK)
+	@echo "lock: wrote $(LOCK); review the diff, then 'make install'"
 
 ## test: the suite CI runs (slow checks excluded), on all cores
 test: $(STAMP)

@@ -8,8 +8,9 @@ FLOAT4E2M1 (the 4-bit code, sign in bit 3), and the nodes that make or read them
 type in an extra attribute the converters read (`convert`). The compiled module takes and returns
 the storage arrays; `lepton.module` converts at its boundary (`to_storage_array`/`from_storage_array`).
 
-Conversions follow ONNX's reference (ml_dtypes): a float cast to an integer type truncates toward
-zero and wraps to the type's width; to FLOAT4E2M1 it rounds to nearest even and saturates at ±6
+Conversions follow ONNX's reference (ml_dtypes) where ONNX defines them: a float cast to an integer
+type truncates toward zero; values outside the type's range, which ONNX leaves undefined, saturate to
+the nearest bound and NaN becomes 0 (DESIGN §6); to FLOAT4E2M1 it rounds to nearest even and saturates at ±6
 (NaN becomes a zero); quantization rounds half to even, adds the zero point and clips to the type's
 range; dequantization is `(x - zero_point) * scale`.
 """
@@ -105,14 +106,22 @@ def _const(value: object, dtype: str) -> relax.Expr:
     return relax.const(np.asarray(value, dtype=dtype), dtype)
 
 
-def _wrap(bb: relax.BlockBuilder, v: relax.Expr, t: int) -> relax.Expr:
-    """int32 values wrapped to the width of integer type `t` (two's complement), as its storage dtype."""
-    bits = 4 if t in (T.INT4, T.UINT4) else 2
-    low = bb.emit(R.bitwise_and(v, _const((1 << bits) - 1, "int32")))
-    if t in (T.INT4, T.INT2):
-        half = 1 << (bits - 1)
-        low = bb.emit(R.subtract(R.bitwise_xor(low, _const(half, "int32")), _const(half, "int32")))
-    return bb.emit(R.astype(low, NARROW[t][2]))
+def _saturate(bb: relax.BlockBuilder, x: relax.Expr, t: int) -> relax.Expr:
+    """`x` cast to the sub-byte integer type `t`, as its storage dtype (DESIGN §6, "Sub-byte casts"):
+    a float truncates toward zero, then every value outside the type's range saturates to its nearest
+    bound (±Inf too); NaN becomes 0. ONNX leaves out-of-range casts undefined; this is QuantizeLinear's rule."""
+    info = ml_dtypes.iinfo(NARROW[t][0])
+    src = float8.dtype_of(x)
+    if src in float8.FLOATS:
+        work = "float64" if src == "float64" else "float32"
+        xf = x if src == work else bb.emit(R.astype(x, work))
+        v = bb.emit(R.clip(xf, int(info.min), int(info.max)))
+        v = bb.emit(R.where(R.isnan(xf), _const(0, work), v))
+    elif src.startswith("uint"):  # never below the bound 0 or min; compared in its own type, which holds max
+        v = bb.emit(R.minimum(x, _const(int(info.max), src)))
+    else:  # signed integers and bool: compared in int64, which holds every value and both bounds
+        v = bb.emit(R.clip(bb.emit(R.astype(x, "int64")), int(info.min), int(info.max)))
+    return bb.emit(R.astype(v, NARROW[t][2]))  # in range now: the float -> int cast truncates exactly
 
 
 def _decode_float4(bb: relax.BlockBuilder, codes: relax.Expr, to: str) -> relax.Expr:
@@ -160,9 +169,7 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
         if out_t == T.FLOAT4E2M1:
             return _encode_float4(bb, x) if float8.dtype_of(x) in float8.FLOATS else None
         if out_t in NARROW:
-            src = float8.dtype_of(x)
-            v = bb.emit(R.astype(x, "int32")) if src != "int32" else x  # float -> int truncates toward zero
-            return _wrap(bb, v, out_t)
+            return _saturate(bb, x, out_t)
         return None
     if op == "QuantizeLinear" and out_t in NARROW and not attrs.get("block_size", 0):
         scale = inputs[1]
