@@ -119,7 +119,8 @@ def signature_from_onnx(model: onnx.ModelProto) -> Signature:
     def spec(vi: onnx.ValueInfoProto) -> TensorSpec:
         tt = vi.type.tensor_type
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0 else (None if d.dim_param in ("", "?") else d.dim_param)
+                     for d in tt.shape.dim)  # dim_value -1 and dim_param "?" (paddle2onnx) are unknown dims
         return TensorSpec(vi.name, dtype, dims)
 
     return Signature(tuple(spec(v) for v in graph.input if v.name not in inits), tuple(map(spec, graph.output)))

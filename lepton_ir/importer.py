@@ -1,7 +1,7 @@
 """ONNX -> Lepton IR, with every check a hostile or broken file needs.
 
-Order: parse -> every string is UTF-8 -> version/opset/domain checks -> structural checks
-on the protobuf (clear, named errors: duplicates, undefined inputs, cycles; nodes sorted) ->
+Order: parse -> every string is UTF-8 -> version/opset/domain checks -> anonymous dims (`-1`, "?")
+made unknown -> structural checks on the protobuf (clear, named errors: duplicates, undefined inputs, cycles; nodes sorted) ->
 local functions inlined -> tensor sizes and external data checked (never read, except the
 few tensors held in node attributes or subgraphs, which the checker needs inline) -> onnx
 checker and strict shape inference on a light copy without the weights -> IR.
@@ -42,6 +42,7 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     _check_text(model, "model")
     _check_versions(model)
     _check_value_types(model.graph)
+    _anonymous_dims_unknown(model)
     sorted_nodes = check_and_sort(model.graph)
     del model.graph.node[:]
     model.graph.node.extend(sorted_nodes)
@@ -206,6 +207,32 @@ def _check_value_types(graph: onnx.GraphProto) -> None:
             )
         if vi.type.tensor_type.elem_type == onnx.TensorProto.STRING:
             raise UnsupportedModelError(f"graph input/output {vi.name!r} is a string tensor; string tensors are not supported")
+
+
+def _anonymous_dims_unknown(model: onnx.ModelProto) -> None:
+    """In place, in the value infos of every graph and function: a `dim_value` below 0 (paddle2onnx writes
+    dynamic dims as -1; onnxruntime reads them as dynamic) and a `dim_param` of "?" (paddle2onnx's name for
+    "unknown", given to several unrelated dims of one input) become unknown dims. After this no negative static
+    dim exists, and no two dims are tied together by the placeholder "?"."""
+    bodies = [a.g for f in model.functions for n in f.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+    bodies += [g for f in model.functions for n in f.node for a in n.attribute for g in a.graphs]
+    graphs = [g for top in (model.graph, *bodies) for g in all_graphs(top)]
+    infos = [vi for g in graphs for vi in (*g.input, *g.output, *g.value_info)]
+    for vi in [*infos, *(vi for f in model.functions for vi in f.value_info)]:
+        _clear_anonymous(vi.type)
+
+
+def _clear_anonymous(t: onnx.TypeProto) -> None:
+    kind = t.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        for d in getattr(t, kind).shape.dim:
+            which = d.WhichOneof("value")
+            if (which == "dim_value" and d.dim_value < 0) or (which == "dim_param" and d.dim_param == "?"):
+                d.ClearField(which)
+    elif kind in ("sequence_type", "optional_type"):
+        _clear_anonymous(getattr(t, kind).elem_type)
+    elif kind == "map_type":
+        _clear_anonymous(t.map_type.value_type)
 
 
 def _all_tensor_protos(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
