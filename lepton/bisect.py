@@ -24,6 +24,7 @@ import lepton_ir
 import targets
 from lepton.codegen import build, to_relax, unsupported_nodes
 from lepton.codegen.lowering import lowering_passes
+from lepton.codegen.provenance import Provenance
 from lepton.compiler import _import
 from lepton.input_shapes import InputShapes, pin_input_shapes
 from lepton.verify import Collector, Policy, Reference, VerifyReport, choose_policy, resolve_policy
@@ -186,7 +187,8 @@ def _check_codegen(graph: Graph, tgt: targets.Target, feeds: dict[str, np.ndarra
     if not tgt.runs_here():
         return None, f"{tgt.name} modules do not run on this machine"
     say("building the optimized graph with TVM")
-    executable = build(to_relax(graph), tgt)
+    provenance = Provenance()
+    executable = build(to_relax(graph, provenance), tgt, provenance=provenance)
     say("running the module")
     actual = _run_executable(executable, graph, feeds, tgt)
     optimized = run_model(lepton_ir.to_onnx(graph), feeds)

@@ -34,6 +34,7 @@ def tune_cmd(
     include_shipped: Annotated[bool, typer.Option("--include-shipped", help="also tune workloads the shipped database has")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the final report as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="on a failure, also print the full text of TVM's error")] = False,
 ) -> None:
     """Tune MODEL's conv/matmul kernels (Lepton's tile sizes) for a CPU target within a wall-clock budget.
 
@@ -58,7 +59,7 @@ def tune_cmd(
         err.print("[yellow]interrupted[/]: every measurement so far is in the database; run the command again to go on")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
-        _fail(e)
+        _fail(e, as_json=as_json, verbose=verbose)
         return
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")

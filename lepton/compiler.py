@@ -29,6 +29,7 @@ import lepton_ir
 import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
+from lepton.codegen.provenance import Provenance
 from lepton.errors import CodegenError, UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
@@ -119,19 +120,20 @@ def compile(  # noqa: A001 - the public name the issue asks for
     if missing:
         raise UnsupportedOpsError(tgt.name, missing)
     say("lowering to TVM Relax")
-    mod = to_relax(graph)
+    provenance = Provenance()
+    mod = to_relax(graph, provenance)
     say(f"building with TVM for {tgt.name} ({tgt.kind})")
     codegen_notes: list[str] = []
     try:
-        executable = build(mod, tgt, codegen_notes)
+        executable = build(mod, tgt, codegen_notes, provenance)
     except CodegenError as e:
         dynamic = symbolic_inputs(graph)
         if not dynamic:
             raise
-        raise CodegenError(
-            f"{e}\nThe model still has symbolic input dims ({'; '.join(dynamic)}); TVM may need them static: "
+        raise e.with_hint(
+            f"The model still has symbolic input dims ({'; '.join(dynamic)}); TVM may need them static: "
             "pin them with --input-shape NAME:D1,D2,... (input_shapes= in Python)"
-        ) from e
+        ) from None
 
     work = tempfile.mkdtemp(prefix="lepton-build-")
     try:

@@ -5,6 +5,7 @@ Exit codes follow the class: `UserError` 2, `InternalError` 3, `VerificationErro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lepton_ir.errors import InternalError, LeptonError, UnsupportedModelError, UserError
@@ -48,8 +49,43 @@ class ConversionError(UserError):
     """TVM's ONNX frontend could not convert a node (the message names it and how to help)."""
 
 
+@dataclass(frozen=True)
+class SourceNode:
+    """An ONNX node of the model Lepton handed to TVM."""
+
+    name: str
+    op_type: str
+
+    def __str__(self) -> str:
+        return f"{self.name!r} ({self.op_type})"
+
+
 class CodegenError(InternalError):
-    """TVM failed to build or export a module Lepton handed it: a bug in Lepton or TVM."""
+    """TVM (or a tool it drives: a compiler, nvcc) failed to build or export a module Lepton handed it: a bug
+    in Lepton or TVM. The message's first line says what failed. `reason` is the line of the tool's text that
+    states the error, `nodes` the ONNX nodes whose code failed (none where the text names nothing Lepton can
+    trace to a node), `named` the Relax operators and kernels the text names, `tvm_pass` the TVM pass that
+    failed where one was running, and `details` the tool's full text."""
+
+    def __init__(self, message: str, *, reason: str = "", nodes: Sequence[SourceNode] = (), named: Sequence[str] = (),
+                 tvm_pass: str = "", details: str = "") -> None:
+        super().__init__(message)
+        self.reason, self.nodes, self.named, self.tvm_pass = reason, tuple(nodes), tuple(named), tvm_pass
+        self.details = details
+
+    def with_hint(self, hint: str) -> CodegenError:
+        """The same error with `hint` (advice) added to the message as a line of its own."""
+        return CodegenError(f"{self}\n{hint}", reason=self.reason, nodes=self.nodes, named=self.named,
+                            tvm_pass=self.tvm_pass, details=self.details)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **super().to_json(),
+            "reason": self.reason,
+            "nodes": [{"name": n.name, "op_type": n.op_type} for n in self.nodes],
+            "named": list(self.named),
+            "tvm_pass": self.tvm_pass,
+        }
 
 
 class VerificationError(LeptonError):

@@ -12,6 +12,12 @@ class LeptonError(Exception):
     """Base class of every error Lepton raises on purpose."""
 
     exit_code: int = 3
+    #: The full text behind the message (a tool's own output), which the CLI prints with --verbose; "" if none.
+    details: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        """The error as the CLI's --json reports it: its type, exit code and message (and a subclass's fields)."""
+        return {"type": type(self).__name__, "exit_code": self.exit_code, "message": str(self)}
 
 
 class UserError(LeptonError):

@@ -60,10 +60,10 @@ def test_a_codegen_bug_is_told_apart_from_a_pass_bug(monkeypatch: pytest.MonkeyP
 
     real = bisect_mod.to_relax
 
-    def wrong_lowering(graph: Graph):  # the module computes a different graph than the one the passes produced
+    def wrong_lowering(graph: Graph, provenance=None):  # the module computes another graph than the passes produced
         broken = lepton_ir.load(lepton_ir.to_onnx(graph))
         ReluToSigmoid().run(broken, PassContext())
-        return real(broken)
+        return real(broken, provenance)
 
     monkeypatch.setattr(bisect_mod, "to_relax", wrong_lowering)
     report = bisect(DEMO, "x86")

@@ -2,7 +2,9 @@
 
 `unsupported_nodes` finds every node the frontend cannot take before TVM is called, so the
 user gets one report with all of them. `to_relax` converts; a converter that fails raises
-`ConversionError` naming the node (TVM's own message says only the op and prints inputs).
+`ConversionError` naming the node (TVM's own message says only the op and prints inputs). Given a
+`Provenance`, it records which node's conversion produced which Relax operators and kernels, so that a
+later build failure can name the node (`lepton.codegen.failures`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from tvm import relax, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 
 from lepton.codegen import float8, narrow
-from lepton.errors import ConversionError, UnsupportedNode
+from lepton.codegen.provenance import Provenance
+from lepton.errors import ConversionError, SourceNode, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
 from lepton_ir import Graph, Node, to_onnx
 from lepton_ir.types import dtype_bits, dtype_name
@@ -119,7 +122,10 @@ def _narrow_unsupported(node: Node) -> str | None:
 
 
 class _Importer(onnx_frontend.ONNXGraphImporter):
-    """TVM's importer, with converter failures re-raised naming the node."""
+    """TVM's importer, with converter failures re-raised naming the node, and each node's Relax code recorded in
+    `provenance` (if given)."""
+
+    provenance: Provenance | None = None
 
     def _check_for_unsupported_ops(self, graph):  # type: ignore[no-untyped-def]
         """TVM's check, knowing the ops Lepton converts itself (BitCast)."""
@@ -128,22 +134,29 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             raise tvm.error.OpNotImplemented("The following operators are not supported for frontend ONNX: " + ", ".join(missing))
 
     def _convert_operator(self, op_name, inputs, attrs, opset):  # type: ignore[no-untyped-def]
+        node = attrs.get("tvm_custom", {}).get("name", "?")
         try:
-            if op_name == "BitCast":
-                return self.bb.normalize(_bitcast(self.bb, inputs[0], onnx_frontend.get_type(attrs["to"])))
-            if op_name == "Clip":
-                return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
-            if op_name in _FLOAT8_OPS:
-                sym = narrow.convert(self.bb, op_name, inputs, attrs)
-                if sym is not None:
-                    return self.bb.normalize(sym)
-                sym = float8.convert(self.bb, op_name, inputs, attrs, _output_dtype(op_name, inputs, attrs))
-                if sym is not None:
-                    return self.bb.normalize(sym)
-            return super()._convert_operator(op_name, inputs, attrs, opset)
+            sym = self._convert(op_name, inputs, attrs, opset)
         except Exception as e:  # noqa: BLE001 - every converter failure becomes one clear error
-            node = attrs.get("tvm_custom", {}).get("name", "?")
             raise _NodeFailure(node, op_name, f"{type(e).__name__}: {e}") from e
+        if self.provenance is not None:
+            self.provenance.record(SourceNode(node, op_name), self.bb, list(inputs), sym)
+        return sym
+
+    def _convert(self, op_name, inputs, attrs, opset):  # type: ignore[no-untyped-def]
+        """One node's Relax code: Lepton's own converters, else TVM's."""
+        if op_name == "BitCast":
+            return self.bb.normalize(_bitcast(self.bb, inputs[0], onnx_frontend.get_type(attrs["to"])))
+        if op_name == "Clip":
+            return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
+        if op_name in _FLOAT8_OPS:
+            sym = narrow.convert(self.bb, op_name, inputs, attrs)
+            if sym is not None:
+                return self.bb.normalize(sym)
+            sym = float8.convert(self.bb, op_name, inputs, attrs, _output_dtype(op_name, inputs, attrs))
+            if sym is not None:
+                return self.bb.normalize(sym)
+        return super()._convert_operator(op_name, inputs, attrs, opset)
 
 
 def _bitcast(bb: relax.BlockBuilder, x: relax.Expr, to: str) -> relax.Expr:
@@ -195,8 +208,9 @@ class _NodeFailure(Exception):
         self.node, self.op, self.message = node, op, message
 
 
-def to_relax(graph: Graph) -> tvm.IRModule:
-    """Convert `graph` (weights embedded as constants) to a Relax module with function `main`.
+def to_relax(graph: Graph, provenance: Provenance | None = None) -> tvm.IRModule:
+    """Convert `graph` (weights embedded as constants) to a Relax module with function `main`; which node's
+    conversion produced which Relax operators and kernels goes into `provenance`.
 
     Raises `ConversionError` naming the first node TVM could not convert.
     """
@@ -205,6 +219,7 @@ def to_relax(graph: Graph) -> tvm.IRModule:
     _name_nodes(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _Importer({}, {}, keep_params_in_input=False, sanitize=True)
+    importer.provenance = provenance
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lepton.errors import CodegenError
+from lepton.codegen.failures import tool_failure
 
 
 @dataclass(frozen=True)
@@ -52,5 +52,5 @@ def check_opencl(source: str) -> OpenCLCheck | None:
     try:
         program = cl.Program(ctx, source).build()
     except cl.Error as e:
-        raise CodegenError(f"the generated OpenCL kernels do not compile under {platform.name}: {str(e)[-2000:]}") from e
+        raise tool_failure(f"the generated OpenCL kernels do not compile under {platform.name}", str(e).strip()) from None
     return OpenCLCheck(f"{platform.name} ({platform.version})", len(program.all_kernels()), time.perf_counter() - t0)

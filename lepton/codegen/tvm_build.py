@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
+from lepton.codegen.failures import error_line, tool_failure, tvm_failures
+from lepton.codegen.provenance import Provenance
 from lepton.errors import CodegenError
 from targets import Target
 
@@ -203,12 +205,13 @@ def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transf
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target: Target, notes: list[str] | None = None) -> relax.VMExecutable:
-    """Compile a Relax module for `target`; TVM failures become `CodegenError`. Layout rewrites are noted in `notes`."""
-    try:
+def build(mod: tvm.IRModule, target: Target, notes: list[str] | None = None,
+          provenance: Provenance | None = None) -> relax.VMExecutable:
+    """Compile a Relax module for `target`; layout rewrites are noted in `notes`. A TVM failure becomes a
+    `CodegenError` naming the ONNX nodes behind what TVM's text names (by `provenance`, filled by `to_relax`),
+    TVM's reason and the failing pass (`lepton.codegen.failures`)."""
+    with tvm_failures(target.name, provenance):
         return tvm.compile(mod, target=target.tvm_target(), relax_pipeline=relax_pipeline(target, notes))
-    except Exception as e:  # noqa: BLE001 - TVM raises many types; report one
-        raise CodegenError(f"TVM failed to build the module for target {target.name!r}: {_first_line(e)}") from e
 
 
 def export(executable: relax.VMExecutable, target: Target, out_dir: str) -> Library:
@@ -226,7 +229,7 @@ def export(executable: relax.VMExecutable, target: Target, out_dir: str) -> Libr
     except CodegenError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise CodegenError(f"exporting the module for target {target.name!r} failed: {_first_line(e)}") from e
+        raise tool_failure(f"exporting the module for target {target.name!r} failed", f"{type(e).__name__}: {e}") from None
 
 
 def _export_cross(executable: relax.VMExecutable, out_dir: str) -> Library:
@@ -304,12 +307,12 @@ def compile_cuda(source: str, arch: str) -> bytes:
         cmd = [nvcc, "--fatbin", "-O3", f"-gencode=arch=compute_{sm},code=[sm_{sm},compute_{sm}]", "-o", out, src]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
-            raise CodegenError(f"nvcc failed to compile the CUDA kernels for {arch}:\n{proc.stderr[-2000:]}")
+            stderr = proc.stderr.replace(tmp + os.sep, "").strip()  # the temporary folder is gone by then
+            raise tool_failure(f"nvcc failed to compile the CUDA kernels for {arch}", stderr)
         with open(out, "rb") as f:
             return f.read()
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:800]
+    """The line of TVM's message that states the error (`lepton.codegen.failures.error_line`)."""
+    return (error_line(str(e)) or type(e).__name__)[:800]

@@ -149,6 +149,8 @@ def parse_rpc(text: str) -> Remote:
 def extract_tasks(model: ModelLike, target: str | Target, input_shapes: InputShapes | None = None) -> list[Task]:
     """The model's workloads Lepton's tiled template takes, as compile will see them for `target` (a CPU target)."""
     from lepton.codegen import to_relax
+    from lepton.codegen.failures import tvm_failures
+    from lepton.codegen.provenance import Provenance
     from lepton.codegen.schedules import TiledReduction
     from lepton.codegen.tvm_build import cpu_prepare_passes
     from lepton.compiler import optimize_for
@@ -159,8 +161,10 @@ def extract_tasks(model: ModelLike, target: str | Target, input_shapes: InputSha
         pin_input_shapes(graph, input_shapes)
     optimize_for(graph, tgt)
     tvm_target = tgt.tvm_target()
-    with tvm_target:
-        mod = tvm.transform.Sequential(cpu_prepare_passes(tgt))(to_relax(graph))
+    provenance = Provenance()
+    mod = to_relax(graph, provenance)
+    with tvm_target, tvm_failures(tgt.name, provenance):
+        mod = tvm.transform.Sequential(cpu_prepare_passes(tgt))(mod)
     rule = TiledReduction(tgt.vector_lanes or 4)
     tasks = []
     for task in ms.relax_integration.extract_tasks(mod, tvm_target):
