@@ -7,6 +7,7 @@ import sys
 from typing import Annotated, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lepton.report import console
@@ -18,7 +19,7 @@ out = console()
 
 
 def _fail(e: LeptonError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {e}", highlight=False)
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
     raise typer.Exit(e.exit_code)
 
 
@@ -74,10 +75,10 @@ def show(
     for key, value in data.items():
         if key != "pipeline":
             text = "-" if value is None else json.dumps(value) if isinstance(value, list | dict) else value
-            out.print(f"[bold]{key}:[/] {text}", highlight=False)
-    out.print(f"[bold]tvm target:[/] {t.tvm_target()}", highlight=False)
-    out.print(f"[bold]key:[/] {t.key()}", highlight=False)
+            out.print(f"[bold]{key}:[/] {escape(str(text))}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]tvm target:[/] {escape(str(t.tvm_target()))}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]key:[/] {escape(t.key())}", highlight=False)
     out.print(f"[bold]runs here:[/] {'yes' if t.runs_here() else 'no'}", highlight=False)
     out.print("[bold]pipeline:[/]", highlight=False)
     for p in parse_pipeline(t.pipeline):
-        out.print(f"  {p.spec()}", highlight=False)
+        out.print(f"  {p.spec()}", highlight=False, markup=False)

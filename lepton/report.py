@@ -9,6 +9,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lepton.optimize import Optimized
@@ -68,10 +69,10 @@ def compile_summary(out: Console, result: Any) -> None:
         files.add_row(rel, f"{size:,}", digest[:16])
     out.print(files)
     for note in m.notes:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.verify_report is not None:
         out.print(result.verify_report.table())
-        out.print(f"[green]verified[/]: {result.verify_report.summary()}", highlight=False)
+        out.print(f"[green]verified[/]: {escape(result.verify_report.summary())}", highlight=False)
     elif result.module is None:
         out.print(f"not verified here: {result.target.name} modules do not run on this machine; "
                   f"run `lepton verify {result.path}` on the device", highlight=False)
