@@ -31,7 +31,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,23 @@ def _median_ms(fn: Runner, inner: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e3
+
+
+def time_blocks(
+    runners: Mapping[str, Callable[[], object]], repeat: int, inner: Mapping[str, int]
+) -> dict[str, list[float]]:
+    """Per tool, the median ms of each of its `repeat` blocks of `inner[tool]` consecutive calls.
+
+    One warm-up call each, then tools alternate block by block: a runtime's thread pool spins after
+    each call, so timing call by call would steal the cores from whichever tool runs next.
+    """
+    rounds: dict[str, list[float]] = {t: [] for t in runners}
+    for fn in runners.values():
+        fn()  # warm-up
+    for _ in range(repeat):
+        for tool, fn in runners.items():
+            rounds[tool].append(_median_ms(fn, inner[tool]))
+    return rounds
 
 
 def _close(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[bool, float]:
@@ -73,7 +90,8 @@ def peak_gflops(cores: int, lanes: int) -> float | None:
     return 2 * lanes * 2 * cores * mhz / 1e3
 
 
-def _ort(model: onnx.ModelProto, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def ort_runner(model: onnx.ModelProto, threads: int) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """An onnxruntime CPU session (all graph optimizations, `threads` intra-op threads) as feeds -> outputs by name."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -120,7 +138,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     flops = inspect_model(lepton.optimize(lepton_ir.load(model)).graph).flops  # shapes folded: every MatMul counted
     row: dict[str, Any] = {"model": name, "gflop": flops / 1e9, "tools": {}}
 
-    runners: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {"onnxruntime": _ort(model, cores)}
+    runners: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {"onnxruntime": ort_runner(model, cores)}
     os.environ["LEPTON_NO_TUNING"] = "1"
     try:
         t0 = time.perf_counter()
@@ -158,13 +176,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
         else:
             row["tools"][tool] = {"max_abs_err": err}
             live[tool] = (lambda r: lambda: r(feeds))(run)
-    rounds: dict[str, list[float]] = {t: [] for t in live}
-    for fn in live.values():
-        fn()  # warm-up
-    for _ in range(args.repeat):
-        for tool, fn in live.items():
-            inner = args.inner if tool != "tvm-default" else max(1, min(args.inner, 3))
-            rounds[tool].append(_median_ms(fn, inner))
+    inner = {t: args.inner if t != "tvm-default" else max(1, min(args.inner, 3)) for t in live}
+    rounds = time_blocks(live, args.repeat, inner)
     base = statistics.median(rounds["onnxruntime"]) if "onnxruntime" in rounds else None
     peak = peak_gflops(cores, target.vector_lanes)
     for tool, ms in rounds.items():
