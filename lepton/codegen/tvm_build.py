@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 
 import tvm
@@ -49,24 +50,40 @@ class Library:
 #: Layouts of CPU kernels for a target whose preferred layout is NHWC: channels-last activations and HWIO
 #: weights, so a convolution vectorizes over output channels (wide at every depth, unlike the spatial width
 #: 7 or 14 of late ResNet stages) and reads each weight vector contiguously. The weights are transposed once,
-#: at compile time (constant folding).
-CHANNELS_LAST = {"relax.nn.conv2d": ["NHWC", "HWIO"]}
+#: at compile time (constant folding). Transposed 2-d convolutions go NHWC too and are lowered by
+#: `lepton.codegen.conv_transpose` (TVM 0.27 legalizes them only in NCHW). The other ops named here keep the
+#: frontend's layouts, with transposes at their edges: left to itself, TVM's layout inference hands them the
+#: layout of their input, which reaches 1-d and 3-d ops through Squeeze/Unsqueeze as NWC-like or "NHDWC"
+#: layouts that their legalization cannot take or that break their shape inference. Ops not named (pooling,
+#: 2-d resize, normalization, elementwise, concat/split/slice, reductions, pad) follow their inputs' layouts.
+CHANNELS_LAST = {
+    "relax.nn.conv2d": ["NHWC", "HWIO"],
+    "relax.nn.conv2d_transpose": ["NHWC", "IOHW"],
+    "relax.nn.conv1d": ["NCW", "OIW"],
+    "relax.nn.conv1d_transpose": ["NCW", "IOW"],
+    "relax.nn.conv3d": ["NCDHW", "OIDHW"],
+    "relax.nn.conv3d_transpose": ["NCDHW", "IODHW"],
+    "relax.image.resize3d": ["NCDHW"],
+}
 
 
 def cpu_prepare_passes(target: Target, notes: list[str] | None = None) -> list[tvm.transform.Pass]:
-    """Layout conversion (to the target's preferred layout; with NHWC, 3x3 stride-1 convolutions become
-    Winograd F(2x2, 3x3), `lepton.codegen.winograd`), library dispatch, legalization (float32 exp, erf, tanh and
+    """Layout conversion (to the target's preferred layout; with NHWC, transposed 2-d convolutions become
+    sub-pixel convolutions, `lepton.codegen.conv_transpose`, and 3x3 stride-1 convolutions Winograd F(2x2, 3x3),
+    `lepton.codegen.winograd`), library dispatch, legalization (float32 exp, erf, tanh and
     sigmoid as vector polynomials, `lepton.codegen.vector_math`) and fusion on CPU
     targets: they make the functions that kernel scheduling sees, so tuning (`lepton.tuning.extract_tasks`)
     runs exactly these to find its workloads. The model's signature keeps its layout: transposes sit at its
     inputs and outputs. What the layout passes changed is appended to `notes`."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
+    from lepton.codegen.conv_transpose import lower_conv2d_transpose
     from lepton.codegen.vector_math import legalize_map
     from lepton.codegen.winograd import winograd_conv2d
 
     tvm_target = target.tvm_target()
-    layout = [_channels_last(notes), winograd_conv2d(notes)] if target.layout == "NHWC" else []
+    nhwc = [_channels_last(notes), lower_conv2d_transpose(notes), winograd_conv2d(notes)]
+    layout = nhwc if target.layout == "NHWC" else []
     legalize = [  # TVM's CPU legalize_passes, with vectorizable float32 exp/erf/tanh/sigmoid
         relax.transform.LegalizeOps(legalize_map()),
         relax.transform.AnnotateTIROpPattern(),
@@ -113,7 +130,11 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
         rewrite, split, changed = RewriteLayout(), relax.transform.SplitLayoutRewritePreproc(), {}
         for gv, params in _constant_params(mod).items():
             func = mod[gv]
-            if not params or not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
+            if not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
+                continue
+            copied = _copied_params(func)
+            params = [i for i in params if i not in copied]
+            if not params:
                 continue
             sch = s_tir.Schedule(func.with_attr("layout_free_buffers", params))
             try:
@@ -135,6 +156,24 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
         return out
 
     return _pass
+
+
+def _copied_params(func: tvm.tirx.PrimFunc) -> set[int]:
+    """Indices of the parameters of `func` read by a block with one read, one write and no init. `RewriteLayout`
+    takes such a block for a cache-read copy and gives the parameter the layout of the block's output, axis by
+    axis, which is wrong when the block permutes or flips indices: conv2d_transpose's kernel flip lost an axis of
+    weights with one output channel per group (DBNet's 24 -> 1 upsampling), and the results were wrong."""
+    from tvm import s_tir
+
+    sch, found = s_tir.Schedule(func), set()
+    stack = list(sch.get_child_blocks(sch.get_sblock("root")))
+    while stack:
+        rv = stack.pop()
+        block = sch.get(rv)
+        if block.init is None and len(block.reads) == 1 and len(block.writes) == 1:
+            found.update(i for i, p in enumerate(func.params) if block.reads[0].source.same_as(p))
+        stack.extend(sch.get_child_blocks(rv))
+    return found
 
 
 def _constant_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, list[int]]:
@@ -162,13 +201,13 @@ def _relax_calls(mod: tvm.IRModule, op: tvm.ir.Op) -> list[relax.Call]:
 
 
 def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
-    """`ConvertLayout(CHANNELS_LAST)` on modules with a 2-d convolution. TVM's layout inference refuses some
-    graphs (ops of unknown rank next to converted ones); those keep their layouts, which is correct, only slower."""
+    """`ConvertLayout(CHANNELS_LAST)` on modules with a 2-d (transposed) convolution; the layout each
+    layout-carrying op ended up in goes to `notes`. TVM's layout inference refuses some graphs (ops of unknown
+    rank next to converted ones); those keep their layouts, which is correct, only slower."""
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonChannelsLast")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        convs = len(_relax_calls(mod, tvm.ir.Op.get("relax.nn.conv2d")))
-        if not convs:
+        if not any(op in ("relax.nn.conv2d", "relax.nn.conv2d_transpose") for op, _ in _layouts(mod)):
             return mod
         try:
             converted = relax.transform.ConvertLayout(CHANNELS_LAST)(mod)
@@ -177,10 +216,30 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
                 notes.append(f"convolutions kept NCHW: TVM's layout conversion failed ({_first_line(e)[:200]})")
             return mod
         if notes is not None:
-            notes.append(f"{convs} 2-d convolution(s) computed channels-last (NHWC activations, HWIO weights)")
+            found = sorted(_layouts(converted).items())
+            notes.append("layouts after channels-last conversion (HWIO conv2d weights): " + ", ".join(
+                f"{n} {op.removeprefix('relax.').removeprefix('nn.').removeprefix('image.')} {layout}"
+                for (op, layout), n in found))
         return converted
 
     return _pass
+
+
+def _layouts(mod: tvm.IRModule) -> Counter[tuple[str, str]]:
+    """How many calls of each layout-carrying op (convolutions, pooling, resize) `mod` has, by op and data layout."""
+    found: Counter[tuple[str, str]] = Counter()
+
+    def visit(e: relax.Expr) -> None:
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.attrs is not None:
+            for field in ("data_layout", "layout"):
+                if hasattr(e.attrs, field):
+                    found[(e.op.name, str(getattr(e.attrs, field)))] += 1
+                    break
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
 
 
 def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transform.Pass:
