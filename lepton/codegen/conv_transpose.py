@@ -14,7 +14,8 @@ slice drops the pads. The conv2d weights are gathered from the original ones by 
 where no tap lands), which constant folding evaluates at compile time for constant weights. With k = s
 (DBNet/FPN-style 2x2 stride-2 upsampling) this is exactly the original work; with k = 2s (U-Net 4x4
 stride 2 pad 1) too; otherwise at most ((M + 1) * s / k)^2 times it. Every result element is the sum of
-the same products as in the direct definition.
+the same products as in the direct definition (in another order) plus, where taps are zero, products 0 * x,
+which change it only where such an x is inf or NaN (the result is then NaN).
 
 A transposed convolution without static spatial shapes is computed in NCHW between two transposes.
 """
