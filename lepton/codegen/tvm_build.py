@@ -53,13 +53,13 @@ class Library:
 #: at compile time (constant folding). Transposed 2-d convolutions go NHWC too and are lowered by
 #: `lepton.codegen.conv_transpose` (TVM 0.27 legalizes them only in NCHW). The other ops named here keep the
 #: frontend's layouts, with transposes at their edges: left to itself, TVM's layout inference hands them the
-#: layout of their input, which reaches 1-d and 3-d ops through Squeeze/Unsqueeze as NWC-like or "NHDWC"
-#: layouts that their legalization cannot take or that break their shape inference. Ops not named (pooling,
-#: 2-d resize, normalization, elementwise, concat/split/slice, reductions, pad) follow their inputs' layouts.
+#: layout of their input, which reaches 1-d and 3-d ops through Squeeze/Unsqueeze as NWC or "NHDWC" layouts
+#: that their legalization cannot take (conv1d/conv3d_transpose, resize3d) or that break their shapes (conv3d).
+#: Ops not named follow their inputs' layouts, which TVM lowers correctly (tests/test_layout_matrix.py): conv1d
+#: (NWC), pooling (also NWC/NHDWC), 2-d resize, normalization, elementwise, concat/split/slice, reductions, pad.
 CHANNELS_LAST = {
     "relax.nn.conv2d": ["NHWC", "HWIO"],
     "relax.nn.conv2d_transpose": ["NHWC", "IOHW"],
-    "relax.nn.conv1d": ["NCW", "OIW"],
     "relax.nn.conv1d_transpose": ["NCW", "IOW"],
     "relax.nn.conv3d": ["NCDHW", "OIDHW"],
     "relax.nn.conv3d_transpose": ["NCDHW", "IODHW"],
