@@ -367,12 +367,6 @@ def _silero_inputs() -> dict[str, np.ndarray]:
 
 
 _OCR = ("rapidocr_onnxruntime", "models")
-_GATHERND_PREPACK = (
-    "wrong result: the padding mask is read by GatherND(mask[1,16], constant indices [1,16,2]); weight prepacking "
-    "(lepton/codegen/tvm_build.py, TVM's RewriteLayout) re-lays the index constant out as [2,8], dropping the "
-    "parallel loop from its index map, so both 8-lane chunks gather mask[8:16] "
-    "(tests/regressions/test_corpus_regressions.py)"
-)
 _SILERO_IF = (
     "UnsupportedOpsError (LSTM): the LSTMs sit in If branches nested in the sample-rate If, and their X comes from "
     "Ifs whose conditions are constants; Lepton does not inline an If with a constant condition, so those Ifs' "
@@ -401,7 +395,7 @@ CORPUS: tuple[Entry, ...] = (
     Entry("gpt2_tiny", "transformers GPT2LMHeadModel / TorchScript", gpt2_tiny,
           {"input_ids": [1, 16], "attention_mask": [1, 16]}, quick=True),
     Entry("gpt2_tiny_dynamo", "transformers GPT2LMHeadModel / dynamo", gpt2_tiny_dynamo,
-          {"input_ids": [1, 16], "attention_mask": [1, 16]}, xfail={"x86": _GATHERND_PREPACK}),
+          {"input_ids": [1, 16], "attention_mask": [1, 16]}),
     Entry("paddleocr_det", "PaddleOCR v4 det / paddle2onnx (rapidocr)", _packaged(*_OCR, "ch_PP-OCRv4_det_infer.onnx"),
           {"x": [1, 3, 64, 64]}, expect_ops=("ConvTranspose",)),
     Entry("paddleocr_rec", "PaddleOCR v4 rec / paddle2onnx (rapidocr)", _packaged(*_OCR, "ch_PP-OCRv4_rec_infer.onnx"),

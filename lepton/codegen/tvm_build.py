@@ -132,8 +132,8 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
             func = mod[gv]
             if not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 continue
-            copied = _copied_params(func)
-            params = [i for i in params if i not in copied]
+            unpackable = _unpackable_params(func)
+            params = [i for i in params if i not in unpackable]
             if not params:
                 continue
             sch = s_tir.Schedule(func.with_attr("layout_free_buffers", params))
@@ -158,11 +158,13 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
     return _pass
 
 
-def _copied_params(func: tvm.tirx.PrimFunc) -> set[int]:
-    """Indices of the parameters of `func` read by a block with one read, one write and no init. `RewriteLayout`
-    takes such a block for a cache-read copy and gives the parameter the layout of the block's output, axis by
-    axis, which is wrong when the block permutes or flips indices: conv2d_transpose's kernel flip lost an axis of
-    weights with one output channel per group (DBNet's 24 -> 1 upsampling), and the results were wrong."""
+def _unpackable_params(func: tvm.tirx.PrimFunc) -> set[int]:
+    """Indices of the parameters of `func` that some block reads outside a reduction (no reduction axis, no
+    init). Prepacking is for the weights a matmul or convolution reduces over; `RewriteLayout` derives a
+    parameter's layout from the loops of the block reading it, which is wrong for other readers: a copy that
+    flips indices (conv2d_transpose's kernel flip lost an axis of weights with one output channel per group,
+    DBNet's 24 -> 1 upsampling) or a gather (GatherND's constant index pairs were re-laid out dropping the
+    parallel loop, so two 8-lane chunks read the same elements). Both gave wrong results."""
     from tvm import s_tir
 
     sch, found = s_tir.Schedule(func), set()
@@ -170,8 +172,10 @@ def _copied_params(func: tvm.tirx.PrimFunc) -> set[int]:
     while stack:
         rv = stack.pop()
         block = sch.get(rv)
-        if block.init is None and len(block.reads) == 1 and len(block.writes) == 1:
-            found.update(i for i, p in enumerate(func.params) if block.reads[0].source.same_as(p))
+        reduces = block.init is not None or any(int(iv.iter_type) == 2 for iv in block.iter_vars)  # CommReduce
+        if not reduces:
+            read = [r.source for r in block.reads]
+            found.update(i for i, p in enumerate(func.params) if any(s.same_as(p) for s in read))
         stack.extend(sch.get_child_blocks(rv))
     return found
 
