@@ -26,6 +26,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from lepton.codegen.relax_mutate import mutate_functions
+
 _OP = "relax.nn.conv2d_transpose"
 
 
@@ -36,16 +38,14 @@ def lower_conv2d_transpose(notes: list[str] | None = None) -> tvm.transform.Pass
     @tvm.transform.module_pass(opt_level=0, name="LeptonConvTranspose")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        out = mutate_functions(mod, rewriter)
         if notes is not None and rewriter.subpixel:
             notes.append(f"{rewriter.subpixel} transposed 2-d convolution(s) computed channels-last as sub-pixel "
                          "convolutions (NHWC conv2d + depth-to-space)")
         if notes is not None and rewriter.nchw:
             notes.append(f"{rewriter.nchw} transposed 2-d convolution(s) with symbolic spatial dims kept NCHW "
                          "between transposes")
-        return rewriter.builder_.get()
+        return out
 
     return _pass
 

@@ -190,12 +190,12 @@ def _constant_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, list[int]]:
     return {gv: sorted(set.intersection(*found)) for gv, found in sites.items()}
 
 
-def _relax_calls(mod: tvm.IRModule, op: tvm.ir.Op) -> list[relax.Call]:
-    """Every call of the operator `op` in the Relax functions of `mod`."""
+def _relax_calls(mod: tvm.IRModule, op: tvm.ir.Op | None = None) -> list[relax.Call]:
+    """Every call of the operator `op` (of any operator, if None) in the Relax functions of `mod`."""
     found: list[relax.Call] = []
 
     def visit(e: relax.Expr) -> None:
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and (op is None or e.op.same_as(op)):
             found.append(e)
 
     for func in mod.functions.values():
@@ -232,17 +232,10 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
 def _layouts(mod: tvm.IRModule) -> Counter[tuple[str, str]]:
     """How many calls of each layout-carrying op (convolutions, pooling, resize) `mod` has, by op and data layout."""
     found: Counter[tuple[str, str]] = Counter()
-
-    def visit(e: relax.Expr) -> None:
-        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.attrs is not None:
-            for field in ("data_layout", "layout"):
-                if hasattr(e.attrs, field):
-                    found[(e.op.name, str(getattr(e.attrs, field)))] += 1
-                    break
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func, visit)
+    for call in _relax_calls(mod):
+        field = next((f for f in ("data_layout", "layout") if call.attrs is not None and hasattr(call.attrs, f)), None)
+        if field is not None:
+            found[(call.op.name, str(getattr(call.attrs, field)))] += 1
     return found
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from lepton.codegen.relax_mutate import mutate_functions
+
 #: Fewer channels do too little work per tile for the transforms to pay off. Measured on the reference
 #: machine (chains of four 3x3 convolutions + ReLU, Winograd vs direct): 16 channels at 56x56 0.56x,
 #: 32 at 56x56 0.90x, 48 at 28x28 0.86x, 64 at 28x28 1.25x, 128 at 28x28 1.57x, 512 at 7x7 1.56x.
@@ -41,12 +43,10 @@ def winograd_conv2d(notes: list[str] | None = None) -> tvm.transform.Pass:
     @tvm.transform.module_pass(opt_level=0, name="LeptonWinograd")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         rewriter = _Rewriter(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rewriter.builder_.update_func(gv, rewriter.visit_expr(func))
+        out = mutate_functions(mod, rewriter)
         if notes is not None and rewriter.rewritten:
             notes.append(f"{rewriter.rewritten} 3x3 convolution(s) computed as Winograd F(2x2, 3x3)")
-        return rewriter.builder_.get()
+        return out
 
     return _pass
 
