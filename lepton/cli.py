@@ -10,40 +10,15 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.markup import escape
+from lepton.cli_errors import Verbose, fail
 from lepton.cli_targets import targets_app
 from lepton.cli_tune import tune_cmd
 from lepton.report import console
-from lepton_ir import LeptonError, UserError
+from lepton_ir import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lepton: compile ONNX models, verified against onnxruntime.")
 err = console(stderr=True)
 out = console()
-
-
-#: The CLI's --verbose option (commands that run TVM's codegen).
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="on a failure, also print the full text of TVM's error")]
-
-
-def _fail(e: Exception, *, as_json: bool = False, verbose: bool = False) -> None:
-    """Print `e` on stderr (its `details`, a tool's full text, only if `verbose`) and, with `as_json`, as a JSON
-    object {"error": {...}} on stdout; exit with its code (3 for an exception that is no LeptonError)."""
-    if isinstance(e, LeptonError):
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        if e.details and verbose:
-            err.print(e.details, markup=False, highlight=False, soft_wrap=True)
-        elif e.details:
-            err.print("[dim](--verbose prints the full text of the error)[/]", highlight=False)
-        report, code = e.to_json(), e.exit_code
-    else:
-        err.print(f"[bold red]internal error:[/] {escape(f'{type(e).__name__}: {e}')}\nplease report this with the model",
-                  highlight=False, soft_wrap=True)
-        report, code = {"type": type(e).__name__, "exit_code": 3, "message": str(e)}, 3
-    if as_json:
-        if verbose and isinstance(e, LeptonError) and e.details:
-            report["details"] = e.details
-        sys.stdout.write(json.dumps({"error": report}, indent=2) + "\n")
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -70,7 +45,7 @@ def optimize(
         os.makedirs(out_dir, exist_ok=True)
         files = save(result.graph, output)
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
-        _fail(e, as_json=as_json)
+        fail(e, as_json=as_json)
         return
     if as_json:
         report = pass_json(result)
@@ -115,7 +90,7 @@ def compile_cmd(
                     verify=not no_verify, use_cache=not no_cache, progress=progress,
                 )
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
-        _fail(e, as_json=as_json, verbose=verbose)
+        fail(e, as_json=as_json, verbose=verbose)
         return
     if result is None:  # the bisection found a pass or the codegen changing the outputs
         raise typer.Exit(1)
@@ -160,7 +135,7 @@ def bisect_cmd(
             report = run_bisect(model, target, input_shapes=shapes, passes=passes, inputs=inputs,
                                 progress=(lambda m: status.update(m)) if status is not None else None)
     except Exception as e:  # noqa: BLE001
-        _fail(e, as_json=as_json, verbose=verbose)
+        fail(e, as_json=as_json, verbose=verbose)
         return
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -189,7 +164,7 @@ def run_cmd(
         if save:
             np.savez(save, **outputs)
     except Exception as e:  # noqa: BLE001
-        _fail(e, as_json=as_json)
+        fail(e, as_json=as_json)
         return
     if as_json:
         sys.stdout.write(json.dumps(outputs_json(outputs), indent=2) + "\n")
@@ -209,7 +184,7 @@ def verify_cmd(
     try:
         report = verify_artifact(artifact_dir)
     except Exception as e:  # noqa: BLE001
-        _fail(e, as_json=as_json)
+        fail(e, as_json=as_json)
         return
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
@@ -238,7 +213,7 @@ def inspect_cmd(
     try:
         info = inspect_model(lepton_ir.load(model), resolve(target) if target else None)
     except Exception as e:  # noqa: BLE001
-        _fail(e, as_json=as_json)
+        fail(e, as_json=as_json)
         return
     if as_json:
         sys.stdout.write(json.dumps(info.to_json(), indent=2) + "\n")

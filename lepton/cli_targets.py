@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from lepton.cli_errors import fail
 from lepton.report import console
 from lepton_ir import LeptonError
 
 targets_app = typer.Typer(add_completion=False, help="List compilation targets or show one.")
-err = console(stderr=True)
 out = console()
-
-
-def _fail(e: LeptonError) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-    raise typer.Exit(e.exit_code)
 
 
 def _summary(cfg: dict[str, object]) -> str:
@@ -51,7 +46,7 @@ def list_targets(ctx: typer.Context) -> None:
             tvm_text = _summary(data["tvm"]) + (f" (host {_summary(data['host'])})" if t.host is not None else "")
             table.add_row(name, t.kind, "yes" if t.runs_here() else "no", tvm_text, t.description)
     except LeptonError as e:
-        _fail(e)
+        fail(e)
     out.print(table)
 
 
@@ -67,7 +62,7 @@ def show(
     try:
         t = resolve(name)
     except LeptonError as e:
-        _fail(e)
+        fail(e)
     data = t.to_dict()
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

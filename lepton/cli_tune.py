@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from lepton.cli_errors import Verbose, fail
 from lepton.report import console
 
 if TYPE_CHECKING:
@@ -34,14 +35,13 @@ def tune_cmd(
     include_shipped: Annotated[bool, typer.Option("--include-shipped", help="also tune workloads the shipped database has")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the final report as JSON on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="on a failure, also print the full text of TVM's error")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Tune MODEL's conv/matmul kernels (Lepton's tile sizes) for a CPU target within a wall-clock budget.
 
     Measurements go to a resumable database (~/.cache/lepton/tuning/<tuning key>/, or $LEPTON_TUNING_DIR/<key>/)
     that `lepton compile` applies after the shipped one and before the default schedules. Run it again to go on.
     """
-    from lepton.cli import _fail
     from lepton.input_shapes import parse_input_shape
     from lepton.tuning import parse_budget, tune
 
@@ -59,7 +59,7 @@ def tune_cmd(
         err.print("[yellow]interrupted[/]: every measurement so far is in the database; run the command again to go on")
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
-        _fail(e, as_json=as_json, verbose=verbose)
+        fail(e, as_json=as_json, verbose=verbose)
         return
     if as_json:
         sys.stdout.write(json.dumps(report.to_json(), indent=2) + "\n")
