@@ -23,7 +23,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import statistics
 import time
 import warnings
@@ -419,15 +418,6 @@ def _first_lines(e: BaseException, n: int = 2) -> str:
     return f"{type(e).__name__}: {' '.join(lines[:n]) or '(no message)'}"[:500]
 
 
-def cpu_model() -> str:
-    """The `model name` /proc/cpuinfo reports, or the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def run_entry(entry: Entry, repeat: int, inner: int) -> dict[str, Any]:
     """One table row: the export's opset and size, each target's compile outcome, x86 latency next to onnxruntime."""
     import lepton
@@ -501,6 +491,8 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from targets.host import cpu_model
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="", help="comma-separated entry names (default: all)")
     p.add_argument("--quick", action="store_true", help="only the entries `make test` runs")

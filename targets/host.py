@@ -95,6 +95,18 @@ def opencl_usable() -> bool:
         return False
 
 
+def cpu_model() -> str:
+    """The CPU's name as /proc/cpuinfo gives it ("model name"), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def _cpuinfo_flags() -> set[str] | None:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

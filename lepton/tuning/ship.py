@@ -31,6 +31,7 @@ import lepton
 import targets
 from lepton.tuning import database as dbs
 from lepton.tuning.tuner import EVALUATOR, TuneReport, tune
+from targets.host import cpu_model
 
 DEFAULT_MINUTES = {"resnet18": 5.0, "resnet50": 7.0, "mobilenet_v2": 7.0, "bert_small": 3.0, "bert_base": 4.0}
 
@@ -69,7 +70,7 @@ def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str
         "created": datetime.date.today().isoformat(),
         "tools": {d: importlib.metadata.version(d) for d in ("apache-tvm", "apache-tvm-ffi")},
         "target": tgt.to_dict() | {"source": os.path.basename(tgt.source)},
-        "cpu": {"model": _cpu_model(), "features": list(tgt.features), "cores": os.cpu_count(), "machine": platform.machine()},
+        "cpu": {"model": cpu_model(), "features": list(tgt.features), "cores": os.cpu_count(), "machine": platform.machine()},
         "evaluator": EVALUATOR._asdict(),
         "workloads": len(pruned.get_all_tuning_records()),  # pruned: one record per workload
         "models": models,
@@ -137,14 +138,6 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _say(name: str) -> Callable[[TuneReport], None]:
