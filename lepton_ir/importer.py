@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from lepton_ir.core import Attr, Graph, Node, Value
 from lepton_ir.errors import InvalidModelError, ModelLoadError, UnsupportedModelError
 from lepton_ir.external import resolve_external
-from lepton_ir.structure import all_graphs, all_node_protos, check_and_sort
+from lepton_ir.structure import all_graphs, all_node_protos, check_and_sort, node_subgraphs
 from lepton_ir.tensor import Tensor, _read_region
 from lepton_ir.types import Shape, dtype_bits
 
@@ -214,8 +214,7 @@ def _anonymous_dims_unknown(model: onnx.ModelProto) -> None:
     dynamic dims as -1; onnxruntime reads them as dynamic) and a `dim_param` of "?" (paddle2onnx's name for
     "unknown", given to several unrelated dims of one input) become unknown dims. After this no negative static
     dim exists, and no two dims are tied together by the placeholder "?"."""
-    bodies = [a.g for f in model.functions for n in f.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
-    bodies += [g for f in model.functions for n in f.node for a in n.attribute for g in a.graphs]
+    bodies = [g for f in model.functions for n in f.node for g in node_subgraphs(n)]
     graphs = [g for top in (model.graph, *bodies) for g in all_graphs(top)]
     infos = [vi for g in graphs for vi in (*g.input, *g.output, *g.value_info)]
     for vi in [*infos, *(vi for f in model.functions for vi in f.value_info)]:

@@ -19,7 +19,8 @@ def _label(node: onnx.NodeProto, index: int) -> str:
     return f"node {node.name or f'#{index}'!r} ({node.op_type})"
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def node_subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs `node`'s GRAPH and GRAPHS attributes hold (not nested ones)."""
     out: list[onnx.GraphProto] = []
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
@@ -33,7 +34,7 @@ def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and every subgraph in it (GRAPH / GRAPHS attributes, recursively), outermost first."""
     yield graph
     for node in graph.node:
-        for sub in _subgraphs(node):
+        for sub in node_subgraphs(node):
             yield from all_graphs(sub)
 
 
@@ -49,7 +50,7 @@ def captured_names(graph: onnx.GraphProto) -> set[str]:
     needed: set[str] = set()
     for node in graph.node:
         needed.update(n for n in node.input if n and n not in defined)
-        for sub in _subgraphs(node):
+        for sub in node_subgraphs(node):
             needed.update(n for n in captured_names(sub) if n not in defined)
         defined.update(node.output)
     needed.update(o.name for o in graph.output if o.name not in defined)
@@ -86,7 +87,7 @@ def check_and_sort(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) 
     deps: list[set[int]] = []
     for i, node in enumerate(graph.node):
         needed = [n for n in node.input if n]
-        for sub in _subgraphs(node):
+        for sub in node_subgraphs(node):
             check_and_sort(sub, scope)
             needed.extend(captured_names(sub))
         mine: set[int] = set()

@@ -44,7 +44,7 @@ def _cast_model(name: str, src: int, n: int) -> onnx.ModelProto:
 
 
 def _saturated(x: np.ndarray, name: str) -> np.ndarray:
-    """Lepton's documented rule for integer sub-byte casts (DESIGN §6): truncate toward zero, saturate, NaN -> 0."""
+    """Lepton's documented rule for integer sub-byte casts (README, Python API): truncate toward zero, saturate, NaN -> 0."""
     info = ml_dtypes.iinfo(getattr(ml_dtypes, name))
     wide = np.nan_to_num(x.astype(np.float64), nan=0.0)
     return np.clip(np.trunc(wide), info.min, info.max).astype(getattr(ml_dtypes, name))

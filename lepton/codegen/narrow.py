@@ -10,7 +10,7 @@ the storage arrays; `lepton.module` converts at its boundary (`to_storage_array`
 
 Conversions follow ONNX's reference (ml_dtypes) where ONNX defines them: a float cast to an integer
 type truncates toward zero; values outside the type's range, which ONNX leaves undefined, saturate to
-the nearest bound and NaN becomes 0 (DESIGN §6); to FLOAT4E2M1 it rounds to nearest even and saturates at ±6
+the nearest bound and NaN becomes 0 (Lepton's rule, stated in the README); to FLOAT4E2M1 it rounds to nearest even and saturates at ±6
 (NaN becomes a zero); quantization rounds half to even, adds the zero point and clips to the type's
 range; dequantization is `(x - zero_point) * scale`.
 """
@@ -107,7 +107,7 @@ def _const(value: object, dtype: str) -> relax.Expr:
 
 
 def _saturate(bb: relax.BlockBuilder, x: relax.Expr, t: int) -> relax.Expr:
-    """`x` cast to the sub-byte integer type `t`, as its storage dtype (DESIGN §6, "Sub-byte casts"):
+    """`x` cast to the sub-byte integer type `t`, as its storage dtype (Lepton's rule, stated in the README):
     a float truncates toward zero, then every value outside the type's range saturates to its nearest
     bound (±Inf too); NaN becomes 0. ONNX leaves out-of-range casts undefined; this is QuantizeLinear's rule."""
     info = ml_dtypes.iinfo(NARROW[t][0])
