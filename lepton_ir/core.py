@@ -2,8 +2,12 @@
 
 Invariants (checked by `lepton_ir.verifier.verify`):
 - A `Value` is produced by at most one node output, or is a graph input, or an initializer.
-- `value.uses` lists exactly the `(node, input_index)` pairs whose input is that value, in
-  insertion order, including nodes inside subgraphs that capture it from an outer scope.
+- `value.uses` lists exactly the `(node, input_index)` pairs of nodes *linked into a graph*
+  whose input is that value, in insertion order, including nodes inside subgraphs that capture
+  it from an outer scope. A node that was built but never inserted (or was removed) is not a
+  use, so a rewrite that builds nodes and then drops them leaves no phantom uses.
+- `value.graph_outputs` lists the graphs whose outputs hold that value; `Graph.outputs` is
+  assigned as a whole (it is a tuple) so the back-references stay current.
 - Edges change only through `Node.replace_input` and `Value.replace_all_uses_with`, which
   keep use lists current on both ends.
 - `Graph` keeps its nodes in topological order; iteration is over a snapshot, so a pass may
@@ -27,7 +31,7 @@ from lepton_ir.types import Shape, dtype_name, format_shape, np_to_onnx_dtype
 class Value:
     """A tensor flowing along the graph's edges."""
 
-    __slots__ = ("name", "dtype", "shape", "producer", "output_index", "const_value", "doc", "_uses")
+    __slots__ = ("name", "dtype", "shape", "producer", "output_index", "const_value", "doc", "_uses", "_output_of")
 
     def __init__(
         self,
@@ -45,6 +49,7 @@ class Value:
         self.const_value = const_value
         self.doc = ""
         self._uses: list[tuple[Node, int]] = []
+        self._output_of: list[Graph] = []
 
     @property
     def uses(self) -> tuple[tuple[Node, int], ...]:
@@ -58,8 +63,18 @@ class Value:
             seen.setdefault(id(node), node)
         return list(seen.values())
 
+    @property
+    def graph_outputs(self) -> tuple[Graph, ...]:
+        """The graphs (this one's or nested ones capturing it) that list this value among their outputs."""
+        return tuple(self._output_of)
+
+    def is_used(self) -> bool:
+        """Whether a linked node reads this value or a graph lists it as an output."""
+        return bool(self._uses or self._output_of)
+
     def replace_all_uses_with(self, other: Value) -> None:
-        """Make every reader of `self` read `other` (graph outputs are not touched)."""
+        """Make every node reading `self` read `other`. Graph-output slots are not touched:
+        `lepton_ir.Rewriter.replace_uses` moves those too, keeping output names stable."""
         if other is self:
             return
         for node, index in list(self._uses):
@@ -157,6 +172,7 @@ class Node:
 
     __slots__ = (
         "name", "domain", "op_type", "overload", "attributes", "doc", "graph", "_inputs", "_outputs", "_prev", "_next",
+        "_registered",
     )
 
     def __init__(
@@ -179,10 +195,8 @@ class Node:
         self.graph: Graph | None = None
         self._prev: Node | None = None
         self._next: Node | None = None
-        self._inputs: list[Value | None] = list(inputs)
-        for i, v in enumerate(self._inputs):
-            if v is not None:
-                v._add_use(self, i)
+        self._inputs: list[Value | None] = list(inputs)  # uses are registered when the node is linked
+        self._registered = False
         outs = list(outputs) if outputs is not None else [Value() for _ in range(num_outputs)]
         for i, v in enumerate(outs):
             if v.producer is not None:
@@ -209,21 +223,21 @@ class Node:
         old = self._inputs[index]
         if old is value:
             return
-        if old is not None:
+        linked = self._registered
+        if old is not None and linked:
             old._remove_use(self, index)
         self._inputs[index] = value
-        if value is not None:
+        if value is not None and linked:
             value._add_use(self, index)
 
     def set_inputs(self, values: Sequence[Value | None]) -> None:
         """Replace the whole input list (use lists updated)."""
-        for i, v in enumerate(self._inputs):
-            if v is not None:
-                v._remove_use(self, i)
+        linked = self._registered
+        if linked:
+            self._unregister_uses()
         self._inputs = list(values)
-        for i, v in enumerate(self._inputs):
-            if v is not None:
-                v._add_use(self, i)
+        if linked:
+            self._register_uses()
 
     def subgraphs(self) -> Iterator[Graph]:
         """Graphs held in GRAPH / GRAPHS attributes."""
@@ -233,11 +247,21 @@ class Node:
             elif a.type == onnx.AttributeProto.GRAPHS:
                 yield from a.value
 
-    def _detach(self) -> None:
+    def _register_uses(self) -> None:
+        if self._registered:
+            return
+        self._registered = True
+        for i, v in enumerate(self._inputs):
+            if v is not None:
+                v._add_use(self, i)
+
+    def _unregister_uses(self) -> None:
+        if not self._registered:
+            return
+        self._registered = False
         for i, v in enumerate(self._inputs):
             if v is not None:
                 v._remove_use(self, i)
-        self._inputs = [None] * len(self._inputs)
 
     def __repr__(self) -> str:
         return f"Node({self.name!r}, {self.op_type})"
@@ -249,7 +273,6 @@ class Graph:
     __slots__ = (
         "name",
         "inputs",
-        "outputs",
         "initializers",
         "opset_imports",
         "ir_version",
@@ -261,6 +284,7 @@ class Graph:
         "metadata_props",
         "doc",
         "parent",
+        "_outputs",
         "_head",
         "_count",
         "_counter",
@@ -280,7 +304,8 @@ class Graph:
     ) -> None:
         self.name = name
         self.inputs: list[Value] = list(inputs)
-        self.outputs: list[Value] = list(outputs)
+        self._outputs: tuple[Value, ...] = ()
+        self.outputs = tuple(outputs)
         self.initializers: dict[str, Value] = {}
         self.opset_imports: dict[str, int] = dict(opset_imports or {"": 17})
         self.ir_version = ir_version
@@ -299,6 +324,20 @@ class Graph:
         for v in initializers:
             self.add_initializer(v)
         self.extend(nodes)
+
+    @property
+    def outputs(self) -> tuple[Value, ...]:
+        """The graph's outputs, in order. Assign a new sequence to change them (back-references follow)."""
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, values: Iterable[Value]) -> None:
+        new = tuple(values)
+        for v in self._outputs:
+            v._output_of.remove(self)
+        for v in new:
+            v._output_of.append(self)
+        self._outputs = new
 
     # ----- node list (doubly linked; O(1) insert and remove) ---------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -361,8 +400,11 @@ class Graph:
         if names is not None:  # explicit names given after the names were collected
             names.add(node.name)
             names.update(o.name for o in node._outputs)
+        node._register_uses()
         for sub in node.subgraphs():
             sub.parent = node
+            for inner in sub.all_nodes():  # a node moved back in: its subgraphs' captures count again
+                inner._register_uses()
         nxt = prev._next
         node._prev, node._next = prev, nxt
         prev._next = node
@@ -370,9 +412,11 @@ class Graph:
         self._count += 1
 
     def remove(self, node: Node, *, safe: bool = True) -> None:
-        """Remove `node`. With `safe`, refuse (graph untouched) if an output is used or is a graph output.
+        """Remove `node`. With `safe`, refuse (graph untouched) if an output is read by a linked node
+        or is an output of any graph (this one or a nested one).
 
-        The nodes of its subgraphs are detached too, so outer values they captured lose those uses.
+        Its inputs are kept (a removed node reads them but is not their use). The nodes of its
+        subgraphs are unlinked too, so outer values they captured lose those uses.
         """
         if node.graph is not self:
             raise IRError(f"node {node.name!r} is not in graph {self.name!r}")
@@ -381,12 +425,12 @@ class Graph:
                 if out._uses:
                     users = ", ".join(repr(n.name) for n in out.users())
                     raise IRError(f"cannot remove node {node.name!r}: output {out.name!r} is used by {users}")
-                if self.is_graph_output(out):
-                    raise IRError(f"cannot remove node {node.name!r}: {out.name!r} is a graph output")
-        node._detach()
+                if out._output_of:
+                    raise IRError(f"cannot remove node {node.name!r}: {out.name!r} is an output of graph {out._output_of[0].name!r}")
+        node._unregister_uses()
         for sub in node.subgraphs():  # values captured from outer scopes lose those uses
             for inner in sub.all_nodes():
-                inner._detach()
+                inner._unregister_uses()
         node._prev._next = node._next
         node._next._prev = node._prev
         node._prev = node._next = None

@@ -74,12 +74,17 @@ def _verify_graph(
     for v in graph.outputs:
         if id(v) not in defined:
             raise IRError(f"graph output {v.name!r} of {graph.name!r} is not defined")
+        if not any(g is graph for g in v.graph_outputs):
+            raise IRError(f"graph output {v.name!r} of {graph.name!r} does not point back to the graph")
     for v in _values(graph):
         for user, i in v.uses:
             if not _in_model(user):
                 raise IRError(f"value {v.name!r} is used by removed node {user.name!r}")
             if i >= len(user.inputs) or user.inputs[i] is not v:
                 raise IRError(f"value {v.name!r} lists use ({user.name!r}, {i}) but that input is something else")
+        for g in v.graph_outputs:
+            if not any(o is v for o in g.outputs):
+                raise IRError(f"value {v.name!r} claims to be an output of graph {g.name!r}, which does not list it")
 
 
 def _in_model(node: Node) -> bool:
