@@ -19,7 +19,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_MIN_BYTES = 1024
 
 
-def _value_info(v: Value) -> onnx.ValueInfoProto:
+def value_info(v: Value) -> onnx.ValueInfoProto:
+    """The ValueInfoProto of `v`: name, tensor type and shape (dims as written), doc string."""
     vi = onnx.ValueInfoProto()
     vi.name = v.name
     if v.dtype is not None:
@@ -39,7 +40,7 @@ def _value_info(v: Value) -> onnx.ValueInfoProto:
     return vi
 
 
-class _Writer:
+class ProtoWriter:
     """Turns graphs into protos; with `data_file`, streams big tensors into it."""
 
     def __init__(self, data_file: str | None) -> None:
@@ -115,13 +116,13 @@ class _Writer:
         p.name = g.name
         if g.doc:
             p.doc_string = g.doc
-        p.input.extend(_value_info(v) for v in g.inputs)
-        p.output.extend(_value_info(v) for v in g.outputs)
+        p.input.extend(value_info(v) for v in g.inputs)
+        p.output.extend(value_info(v) for v in g.outputs)
         p.initializer.extend(self.tensor(v.const_value, name) for name, v in g.initializers.items())  # type: ignore[arg-type]
         p.node.extend(self.node(n) for n in g)
         outputs = {id(v) for v in g.outputs}
         p.value_info.extend(
-            _value_info(o) for n in g for o in n.outputs if o.name and o.dtype is not None and id(o) not in outputs
+            value_info(o) for n in g for o in n.outputs if o.name and o.dtype is not None and id(o) not in outputs
         )
         return p
 
@@ -146,7 +147,7 @@ class _Writer:
 
 def to_onnx(graph: Graph) -> onnx.ModelProto:
     """The model as an in-memory ModelProto (all tensor data inline)."""
-    return _Writer(None).model(graph)
+    return ProtoWriter(None).model(graph)
 
 
 def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = None) -> list[str]:
@@ -161,7 +162,7 @@ def save(graph: Graph, path: str | os.PathLike, *, external_data: bool | None = 
         external_data = total > PROTOBUF_LIMIT - 64 * 2**20
     data_path = path + ".data" if external_data else None
     _read_tensors_from(graph, {os.path.realpath(p) for p in (path, data_path) if p})
-    writer = _Writer(data_path)
+    writer = ProtoWriter(data_path)
     try:
         model = writer.model(graph)
     finally:

@@ -22,8 +22,9 @@ from lepton_ir.core import Attr, Graph, Node, Value
 from lepton_ir.errors import InvalidModelError, ModelLoadError, UnsupportedModelError
 from lepton_ir.external import resolve_external
 from lepton_ir.structure import all_graphs, all_node_protos, check_and_sort, node_subgraphs
-from lepton_ir.tensor import Tensor, _read_region
+from lepton_ir.tensor import Tensor, read_region
 from lepton_ir.types import Shape, dtype_bits
+from lepton_ir.verifier import verify
 
 #: Operator-set domains Lepton takes (besides domains of the model's own functions).
 KNOWN_DOMAINS = {"": onnx.defs.onnx_opset_version(), "ai.onnx.ml": 5, "com.microsoft": 1, "lepton": 1,
@@ -52,10 +53,8 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     light = _light_copy(model, regions)
     _run_checker(light)
     types = _infer_types(light)
-    graph = _Builder(regions, types).build_model(model)
+    graph = GraphBuilder(regions, types).build_model(model)
     if os.environ.get("LEPTON_DEBUG") == "1":  # the builder keeps the invariants; tests check that
-        from lepton_ir.verifier import verify
-
         verify(graph)
     return graph
 
@@ -306,12 +305,12 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     """Strict shape inference; the inferred type of every named value (value_info and outputs).
 
     Data propagation (which resolves Shape->...->Reshape targets) allocates per element of
-    1-D tensors, so it runs only when no 1-D value is longer than `_DATA_PROP_MAX_LEN`:
+    1-D tensors, so it runs only when no 1-D value is longer than `DATA_PROP_MAX_LEN`:
     a huge declared shape must not exhaust memory.
     """
     try:
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-        if _max_1d_length(inferred) <= _DATA_PROP_MAX_LEN:
+        if _max_1d_length(inferred) <= DATA_PROP_MAX_LEN:
             inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as e:
         raise InvalidModelError(f"shape inference fails, the model is inconsistent: {_first_line(e)}") from None
@@ -322,7 +321,7 @@ def _infer_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
-_DATA_PROP_MAX_LEN = 1 << 16
+DATA_PROP_MAX_LEN = 1 << 16
 
 
 def _max_1d_length(model: onnx.ModelProto) -> int:
@@ -368,7 +367,7 @@ def _light_copy(model: onnx.ModelProto, regions: dict[int, tuple[onnx.TensorProt
         if entry is not None and entry[0] is src:
             del dst.external_data[:]
             dst.data_location = onnx.TensorProto.DEFAULT
-            dst.raw_data = _read_region(entry[1])  # type: ignore[arg-type]
+            dst.raw_data = read_region(entry[1])  # type: ignore[arg-type]
     return light
 
 
@@ -393,7 +392,8 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _shape_of(t: onnx.TypeProto) -> tuple[int | None, Shape]:
+def dtype_and_shape(t: onnx.TypeProto) -> tuple[int | None, Shape]:
+    """The element type and shape of a tensor type (None for what it leaves unknown, or for a non-tensor type)."""
     if t.WhichOneof("value") != "tensor_type":
         return None, None
     tt = t.tensor_type
@@ -407,7 +407,7 @@ def _shape_of(t: onnx.TypeProto) -> tuple[int | None, Shape]:
     return dtype, tuple(dims)
 
 
-class _Builder:
+class GraphBuilder:
     """Builds IR graphs from checked, sorted, shape-inferred protos."""
 
     def __init__(self, regions: dict[int, tuple[onnx.TensorProto, object]], types: dict[str, onnx.TypeProto]) -> None:
@@ -453,10 +453,10 @@ class _Builder:
             if vi.name in local:
                 v = local[vi.name]  # an initializer that is also an (overridable) input
                 if vi.type.HasField("tensor_type"):  # its declared type says what a feed may be
-                    dtype, shape = _shape_of(vi.type)
+                    dtype, shape = dtype_and_shape(vi.type)
                     v.dtype, v.shape = dtype or v.dtype, shape
             else:
-                dtype, shape = _shape_of(vi.type)
+                dtype, shape = dtype_and_shape(vi.type)
                 v = Value(vi.name, dtype, shape)
                 local[vi.name] = v
             v.doc = vi.doc_string
@@ -475,7 +475,7 @@ class _Builder:
                     local[o.name] = o
         for vi in gp.output:
             v = self.lookup(vi.name, chain)
-            dtype, shape = _shape_of(vi.type)
+            dtype, shape = dtype_and_shape(vi.type)
             if v.dtype is None:
                 v.dtype = dtype
             if shape is not None and v.shape is None:
@@ -495,7 +495,7 @@ class _Builder:
         inputs = [self.lookup(n, chain) if n else None for n in np_.input]
         outputs = []
         for name in np_.output:
-            dtype, shape = _shape_of(self.types[name]) if name in self.types else (None, None)
+            dtype, shape = dtype_and_shape(self.types[name]) if name in self.types else (None, None)
             outputs.append(Value(name, dtype, shape))
         attrs = {a.name: self.attr(a, chain) for a in np_.attribute}
         node = Node(np_.domain, np_.op_type, inputs, attrs, outputs=outputs, name=np_.name)

@@ -11,7 +11,7 @@ second inference finds static shapes there, which in turn lets more folding happ
   main graph (names are unique model-wide, so a subgraph still sees them). No weight data
   is copied or read.
 - runs ONE strict inference, with data propagation under the importer's guard (no known
-  1-D value longer than `importer._DATA_PROP_MAX_LEN`; the lengths come from the current
+  1-D value longer than `importer.DATA_PROP_MAX_LEN`; the lengths come from the current
   types, which the importer already checked). The importer's `_infer_types` runs two
   inferences (strict, then with data propagation) and reads every inferred type back;
   on a 10k-node graph that doubled the cost, so it is not reused. When strict mode
@@ -38,8 +38,8 @@ import math
 import onnx
 
 from lepton_ir.core import Graph, Node, Value
-from lepton_ir.exporter import _Writer
-from lepton_ir.importer import _DATA_PROP_MAX_LEN, _shape_of
+from lepton_ir.exporter import ProtoWriter
+from lepton_ir.importer import DATA_PROP_MAX_LEN, dtype_and_shape
 from lepton_ir.structure import all_graphs
 from lepton_ir.tensor import Tensor
 from lepton_ir.types import Dim, Shape, dtype_bits
@@ -72,7 +72,7 @@ def infer_types(graph: Graph, names: set[str] | None = None) -> dict[str, onnx.T
     """
     writer = _LightWriter()
     model = writer.model(graph)
-    data_prop = writer.longest_1d <= _DATA_PROP_MAX_LEN
+    data_prop = writer.longest_1d <= DATA_PROP_MAX_LEN
     inferred = None
     for strict in (True, False):
         try:
@@ -100,7 +100,7 @@ def light_model(graph: Graph) -> onnx.ModelProto:
     return _LightWriter().model(graph)
 
 
-class _LightWriter(_Writer):
+class _LightWriter(ProtoWriter):
     """An exporter that writes no big tensor: those become typed inputs of the main graph."""
 
     def __init__(self) -> None:
@@ -120,7 +120,7 @@ class _LightWriter(_Writer):
         m.graph.input.extend(self.hoisted_constants)
         return m
 
-    def graph(self, g: Graph) -> onnx.GraphProto:  # called by `_Writer.attr` for subgraphs
+    def graph(self, g: Graph) -> onnx.GraphProto:  # called by `ProtoWriter.attr` for subgraphs
         self.nested = True
         p = onnx.GraphProto()
         self._fill(p, g)
@@ -158,7 +158,7 @@ class _LightWriter(_Writer):
                     self._value_info(add_info(), o)
 
     def _value_info(self, vi: onnx.ValueInfoProto, v: Value) -> None:
-        """`lepton_ir.exporter._value_info`, written in place (no doc strings); notes 1-D lengths."""
+        """`lepton_ir.exporter.value_info`, written in place (no doc strings); notes 1-D lengths."""
         vi.name = v.name
         if v.dtype is None:
             return
@@ -202,7 +202,7 @@ def _complete(v: Value) -> bool:
 
 def _refine(v: Value, t: onnx.TypeProto) -> bool:
     """Make `v`'s type more specific with the inferred `t`; True when it changed."""
-    dtype, shape = _shape_of(t)
+    dtype, shape = dtype_and_shape(t)
     if v.dtype is not None and dtype is not None and dtype != v.dtype:
         return False  # inference disagrees: keep ours, shape included
     new_dtype = v.dtype if v.dtype is not None else dtype

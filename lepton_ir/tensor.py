@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from lepton_ir.errors import UnsafeExternalDataError
 from lepton_ir.types import Shape, dtype_bits, dtype_name, np_to_onnx_dtype
 
 
@@ -92,7 +93,7 @@ class Tensor:
     def raw_bytes(self) -> bytes:
         """The little-endian raw data, as ONNX's `raw_data` would hold it."""
         if self._external is not None:
-            return _read_region(self._external)
+            return read_region(self._external)
         proto = self.to_proto(self.name)
         if proto.HasField("raw_data"):
             return proto.raw_data
@@ -103,8 +104,6 @@ class Tensor:
         assert self._proto is not None
         if self._external is None:
             if self._proto.data_location == onnx.TensorProto.EXTERNAL:
-                from lepton_ir.errors import UnsafeExternalDataError
-
                 raise UnsafeExternalDataError(
                     f"tensor {self.name!r} keeps its data in an external file that was never checked; "
                     "load the model with lepton_ir.load(path)"
@@ -114,20 +113,19 @@ class Tensor:
         proto.CopyFrom(self._proto)
         del proto.external_data[:]
         proto.data_location = onnx.TensorProto.DEFAULT
-        proto.raw_data = _read_region(self._external)
+        proto.raw_data = read_region(self._external)
         return proto
 
     def __repr__(self) -> str:
         return f"Tensor({self.name!r}, {dtype_name(self.dtype)}{list(self.shape)})"
 
 
-def _read_region(region: ExternalRegion) -> bytes:
+def read_region(region: ExternalRegion) -> bytes:
+    """The bytes of a checked external-data region; an error if the file has shrunk since the check."""
     with open(region.path, "rb") as f:
         f.seek(region.offset)
         data = f.read(region.length)
     if len(data) != region.length:
-        from lepton_ir.errors import UnsafeExternalDataError
-
         raise UnsafeExternalDataError(
             f"external data file {os.path.basename(region.path)!r} changed since the model was loaded: "
             f"expected {region.length} bytes at offset {region.offset}"
@@ -135,4 +133,4 @@ def _read_region(region: ExternalRegion) -> bytes:
     return data
 
 
-__all__ = ["ExternalRegion", "Shape", "Tensor"]
+__all__ = ["ExternalRegion", "Shape", "Tensor", "read_region"]

@@ -29,7 +29,7 @@ import lepton_ir
 from lepton_ir import Graph, LeptonError, Node, Value
 from passes import REGISTRY, parse_pipeline
 from passes.cleanup.fold import RANDOM_OPS
-from passes.lowering.expand import ExpandFunctions, _function_schema, _since
+from passes.lowering.expand import ExpandFunctions, _since, function_schema
 from passes.ort import run_model
 
 EXPAND = ExpandFunctions()
@@ -76,7 +76,7 @@ def ops(graph: Graph) -> list[str]:
 def expandable_left(graph: Graph) -> list[str]:
     """Nodes that still have a function body at the model's opset."""
     opset = graph.opset_imports[""]
-    return [n.op_type for n in graph.all_nodes() if not n.domain and _function_schema(n.op_type, opset) is not None]
+    return [n.op_type for n in graph.all_nodes() if not n.domain and function_schema(n.op_type, opset) is not None]
 
 
 # ----- every function op, on ONNX's backend test cases ----------------------------------
@@ -110,12 +110,12 @@ def _runnable(case: TestCase) -> tuple[onnx.ModelProto, dict[str, np.ndarray]] |
     opset = min(imp.version, ORT_MAX_OPSET)
     if _since(op, opset) < 0:
         return f"the op does not exist at opset {opset} (onnxruntime's newest)"
-    if _function_schema(op, opset) is None:  # the same op at a newer opset, where it has a body?
+    if function_schema(op, opset) is None:  # the same op at a newer opset, where it has a body?
         newer = [v for v in range(opset + 1, ORT_MAX_OPSET + 1) if _since(op, v) == _since(op, opset)]
-        opset = next((v for v in newer if _function_schema(op, v) is not None), opset)
+        opset = next((v for v in newer if function_schema(op, v) is not None), opset)
     if opset != imp.version:
         imp.version, m.ir_version = opset, 10
-    if _function_schema(op, opset) is None:
+    if function_schema(op, opset) is None:
         return f"no function body at opset {opset}"
     if op in RANDOM_OPS:
         return "random op: outputs cannot be compared"

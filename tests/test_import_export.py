@@ -465,8 +465,8 @@ def test_onnx_external_data_loads_lazily_and_round_trips(tmp_path: str, monkeypa
     import lepton_ir.tensor as tensor_mod
 
     reads: list[str] = []
-    real_read = tensor_mod._read_region
-    monkeypatch.setattr(tensor_mod, "_read_region", lambda region: reads.append(region.path) or real_read(region))
+    real_read = tensor_mod.read_region
+    monkeypatch.setattr(tensor_mod, "read_region", lambda region: reads.append(region.path) or real_read(region))
     graph = lepton_ir.load(path)
     assert reads == []  # nothing read while loading
     for k in weights:

@@ -40,10 +40,11 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from lepton_ir import Graph, Node, Tensor, Value
-from lepton_ir.exporter import _Writer
+from lepton_ir.exporter import ProtoWriter
 from lepton_ir.types import dtype_bits, np_to_onnx_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
+from passes.ort import run_model
 from passes.rewrite import constant_node_value, constant_value, replace_value, static_shape
 
 EVAL_BUDGET = 64 << 20  # bytes of outputs (by bound) one onnxruntime evaluation may produce
@@ -332,8 +333,6 @@ class _Folder:
     def _run(self, nodes: list[Node]) -> bool:
         """One onnxruntime session over `nodes`; False when it cannot run. Nodes whose inputs
         are missing (an earlier failure) are left out."""
-        from passes.ort import run_model
-
         g = self.g
         made: set[int] = set()
         feeds: dict[str, onnx.TensorProto] = {}
@@ -365,7 +364,7 @@ class _Folder:
         if not wanted:
             return True
         root = g.root()
-        writer = _Writer(None)
+        writer = ProtoWriter(None)
         model = helper.make_model(
             helper.make_graph(
                 [writer.node(n) for n in run], "fold", [],

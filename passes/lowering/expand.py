@@ -51,8 +51,8 @@ import onnx.version_converter
 from onnx import helper
 
 from lepton_ir import Graph, Node, Value
-from lepton_ir.exporter import _value_info, _Writer
-from lepton_ir.importer import _Builder
+from lepton_ir.exporter import ProtoWriter, value_info
+from lepton_ir.importer import GraphBuilder
 
 from passes.base import Pass, PassContext, PassResult, register
 from passes.cleanup.fold import output_owners
@@ -118,7 +118,7 @@ class ExpandFunctions(Pass):
                 for node in g:
                     if node.domain or id(node) in skipped or not self.selects(node.op_type):
                         continue
-                    schema = _function_schema(node.op_type, opset)
+                    schema = function_schema(node.op_type, opset)
                     if schema is None:
                         continue
                     body = _body_for(schema, node, opset, bodies)
@@ -139,7 +139,7 @@ class ExpandFunctions(Pass):
 
 
 @functools.lru_cache(maxsize=1024)
-def _function_schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
+def function_schema(op_type: str, opset: int) -> onnx.defs.OpSchema | None:
     """The schema of `op_type` at `opset` when it defines a function body for that opset."""
     try:
         schema = onnx.defs.get_schema(op_type, opset, "")
@@ -154,9 +154,9 @@ def _body_for(schema: onnx.defs.OpSchema, node: Node, opset: int, cache: dict[by
     call = onnx.NodeProto(op_type=node.op_type)
     call.input.extend(f"i{k}" if v is not None else "" for k, v in enumerate(node.inputs))
     call.output.extend(f"o{k}" if v.name else "" for k, v in enumerate(node.outputs))
-    writer = _Writer(None)
+    writer = ProtoWriter(None)
     call.attribute.extend(writer.attr(k, a) for k, a in sorted(node.attributes.items()))
-    types = [_value_info(v).type if v is not None else onnx.TypeProto() for v in node.inputs]
+    types = [value_info(v).type if v is not None else onnx.TypeProto() for v in node.inputs]
     key = call.SerializeToString() + b"".join(b"|" + t.SerializeToString() for t in types)
     if key not in cache:
         cache[key] = _instantiate(schema, call, types, opset)
@@ -310,7 +310,7 @@ def _infer(model: onnx.ModelProto) -> dict[str, onnx.TypeProto] | None:
 
 def _splice(g: Graph, node: Node, body: _Body, owners: dict[int, list[Graph]]) -> None:
     """Replace `node` in `g` by fresh copies of `body`'s nodes; its outputs keep names and types."""
-    builder = _Builder({}, body.types)
+    builder = GraphBuilder({}, body.types)
     scope: dict[str, Value] = {f: v for f, v in zip(body.inputs, node.inputs, strict=False) if f and v is not None}
     new_nodes = []
     for proto in body.nodes:

@@ -26,7 +26,7 @@ import onnx
 from lepton_ir import Graph, Node
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.lowering.expand import _function_schema, expand_selected
+from passes.lowering.expand import expand_selected, function_schema
 from passes.rewrite import static_shape
 
 
@@ -97,7 +97,7 @@ class ExpandMisconverted(Pass):
         stats = expand_selected(
             graph, opset,
             lambda n: not n.domain and (check := MISCONVERTED.get(n.op_type)) is not None and check(n) is not None,
-            lambda n: _function_schema(n.op_type, opset),
+            lambda n: function_schema(n.op_type, opset),
         )
         expanded = sum(v for k, v in stats.items() if not k.startswith("skipped_"))
         return PassResult(expanded > 0, dict(stats))
