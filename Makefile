@@ -12,7 +12,7 @@ PIP_VERSION := 26.3
 UV_VERSION  := 0.13.8
 LOCK_EXTRAS := --extra test --extra bench --extra corpus
 
-.PHONY: install lock test test-all demo bench bench-latency fuzz clean system-deps
+.PHONY: install lock test test-all demo bench bench-latency bench-nodecount bench-fusion fuzz clean system-deps
 
 $(STAMP): pyproject.toml $(LOCK) $(MODELS_LOCK)
 	rm -rf $(VENV)
@@ -53,6 +53,16 @@ bench: $(STAMP)
 ## bench-latency: batch-1 latency of the bench models: onnxruntime vs TVM default vs Lepton (writes bench/results/)
 bench-latency: $(STAMP)
 	$(BIN)/python -m bench.latency
+
+## bench-nodecount: nodes after Lepton's x86 pipeline vs onnxruntime's extended optimizations and onnxsim (writes bench/results/)
+bench-nodecount: $(STAMP)
+	$(BIN)/python -m bench.nodecount
+
+## bench-fusion: batch-1 latency, Lepton vs onnxruntime, on transformer and BatchNorm-CNN exports; each item of
+## WITHOUT (PASS[,PASS], space-separated) adds a Lepton build without those passes (writes bench/results/)
+WITHOUT ?=
+bench-fusion: $(STAMP)
+	$(BIN)/python -m bench.fusion $(foreach w,$(WITHOUT),--without $(w))
 
 ## fuzz: differential fuzzing for MINUTES (default 10): random models through the x86 pipeline vs onnxruntime;
 ## failing models, minimized, go to fuzz-failures/<id>/ with a one-line reproduction (FUZZFLAGS: see tests/fuzz.py --help)
