@@ -482,7 +482,7 @@ class GraphBuilder:
                 v.shape = shape
             if vi.doc_string:
                 v.doc = vi.doc_string
-            graph.outputs.append(v)
+            graph.outputs = (*graph.outputs, v)
         return graph
 
     def lookup(self, name: str, chain: list[dict[str, Value]]) -> Value:

@@ -65,6 +65,14 @@ class Rewriter:
         for n in batch:
             self._emit(Event.INSERT, n)
 
+    def insert_after(self, anchor: Node, nodes: Node | Sequence[Node]) -> None:
+        """Insert `nodes` (in order) just after `anchor`, in `anchor`'s graph."""
+        assert anchor.graph is not None
+        batch = [nodes] if isinstance(nodes, Node) else list(nodes)
+        anchor.graph.insert_after(anchor, batch)
+        for n in batch:
+            self._emit(Event.INSERT, n)
+
     def append(self, graph: Graph, nodes: Node | Sequence[Node]) -> None:
         """Append `nodes` (in order) at the end of `graph`."""
         batch = [nodes] if isinstance(nodes, Node) else list(nodes)
@@ -109,29 +117,31 @@ class Rewriter:
                 return f"{new.name!r} is computed from {old.name!r} by {user.name!r} (a cycle)"
         return None
 
-    def replace_uses(self, old: Value, new: Value) -> None:
-        """Make every reader of `old` read `new`, graph-output slots included (names kept stable)."""
+    def replace_uses(self, old: Value, new: Value, *, keep: Node | None = None) -> None:
+        """Make every reader of `old` read `new`, graph-output slots included (names kept stable).
+
+        `keep` (typically the node computing `new` from `old`, inserted after it) goes on reading `old`."""
         if old is new:
             return
         if new.dtype is None:
             new.dtype = old.dtype
         if new.shape is None:
             new.shape = old.shape
-        users = old.users()
-        old.replace_all_uses_with(new)
+        users = [u for u in old.users() if u is not keep]
+        for u, i in list(old.uses):
+            if u is not keep:
+                u.replace_input(i, new)
         for u in users:
             self._emit(Event.MODIFY, u)
-        if not old.graph_outputs:
-            return
-        if _can_take_name(new):
+        for g in old.graph_outputs:
             name = old.name
-            old.name = _any_graph(old).fresh_name(f"{name}_replaced")
-            new.name = name
-            for g in old.graph_outputs:
+            if new.producer is not None and new.producer.graph is g and not new.graph_outputs:
+                old.name = g.fresh_name(f"{name}_replaced")  # `new` takes over the slot and the name
+                new.name = name
                 g.outputs = [new if v is old else v for v in g.outputs]
-            return
-        for g in old.graph_outputs:  # `new` cannot be renamed: an Identity carries the output's name
-            name = old.name
+                continue
+            # `new` cannot be renamed (a graph input, an initializer, another output, or a value
+            # of an outer graph, which ONNX does not let a subgraph return): an Identity carries the name
             old.name = g.fresh_name(f"{name}_replaced")
             carry = Value(name, new.dtype, new.shape)
             node = Node("", "Identity", [new], outputs=[carry], name=g.fresh_name(f"{name}_identity"))
@@ -142,37 +152,7 @@ class Rewriter:
     def check_replace(self, old_nodes: Sequence[Node], value_map: Mapping[Value, Value | None],
                       new_nodes: Sequence[Node] = ()) -> str | None:
         """Why `replace(old_nodes, new_nodes, value_map)` would be unsafe, or None when it is safe."""
-        if not old_nodes:
-            return "nothing to replace"
-        g = old_nodes[0].graph
-        old = {id(n) for n in old_nodes}
-        for n in old_nodes:
-            if n.graph is not g or g is None:
-                return f"node {n.name!r} is not in the same graph as {old_nodes[0].name!r}"
-        inner = _nested_ids(old_nodes)
-        produced_by_old = {id(o) for n in old_nodes for o in n.outputs}
-        for n in old_nodes:
-            for out in n.outputs:
-                escapes = [u for u in out.users() if id(u) not in old and id(u) not in inner]
-                if out.graph_outputs:
-                    escapes_to = f"output of graph {out.graph_outputs[0].name!r}"
-                elif escapes:
-                    escapes_to = f"read by {escapes[0].name!r} ({escapes[0].op_type}) outside the match"
-                else:
-                    continue
-                new = value_map.get(out)
-                if new is None:
-                    return f"{out.name!r} (from {n.name!r}) is {escapes_to} and the rewrite does not replace it"
-                if id(new) in produced_by_old:
-                    return f"{out.name!r} would be replaced by {new.name!r}, which the rewrite removes too"
-        for key in value_map:
-            if id(key) not in produced_by_old:
-                return f"value map key {key.name!r} is not an output of a replaced node"
-        for n in new_nodes:
-            for v in n.inputs:
-                if v is not None and id(v) in produced_by_old and value_map.get(v) is not v:
-                    return f"new node {n.name or n.op_type!r} reads {v.name!r}, which the rewrite removes"
-        return None
+        return replace_problem(old_nodes, value_map, new_nodes)
 
     def replace(self, old_nodes: Sequence[Node], new_nodes: Sequence[Node],
                 value_map: Mapping[Value, Value | None]) -> None:
@@ -284,15 +264,45 @@ class Builder:
 # ----- helpers ------------------------------------------------------------------------------
 
 
-def _can_take_name(v: Value) -> bool:
-    """A node output that no graph lists as an output can be renamed to take over an output slot."""
-    return v.producer is not None and v.producer.graph is not None and not v.graph_outputs
+def replace_problem(old_nodes: Sequence[Node], value_map: Mapping[Value, Value | None], new_nodes: Sequence[Node] = (),
+                    *, ignore_targets: bool = False) -> str | None:
+    """Why replacing `old_nodes` through `value_map` would be unsafe, or None.
 
-
-def _any_graph(v: Value) -> Graph:
-    if v.producer is not None and v.producer.graph is not None:
-        return v.producer.graph
-    return v.graph_outputs[0]
+    Unsafe: the nodes are not all in one graph; an output of theirs that is read outside the
+    set, or is a graph output, is not mapped; a mapped value is replaced by another value the
+    edit removes; a new node reads a removed value. With `ignore_targets` only the keys of
+    `value_map` matter (a rule asks before it has built its replacement).
+    """
+    if not old_nodes:
+        return "nothing to replace"
+    g = old_nodes[0].graph
+    old = {id(n) for n in old_nodes}
+    for n in old_nodes:
+        if n.graph is not g or g is None:
+            return f"node {n.name!r} is not in the same graph as {old_nodes[0].name!r}"
+    inner = _nested_ids(old_nodes)
+    produced_by_old = {id(o) for n in old_nodes for o in n.outputs}
+    for n in old_nodes:
+        for out in n.outputs:
+            escapes = [u for u in out.users() if id(u) not in old and id(u) not in inner]
+            if out.graph_outputs:
+                escapes_to = f"an output of graph {out.graph_outputs[0].name!r}"
+            elif escapes:
+                escapes_to = f"read by {escapes[0].name!r} ({escapes[0].op_type}) outside the match"
+            else:
+                continue
+            if out not in value_map or value_map[out] is None:
+                return f"{out.name!r} (from {n.name!r}) is {escapes_to} and the rewrite does not replace it"
+            if not ignore_targets and id(value_map[out]) in produced_by_old:
+                return f"{out.name!r} would be replaced by {value_map[out].name!r}, which the rewrite removes too"
+    for key in value_map:
+        if id(key) not in produced_by_old:
+            return f"value map key {key.name!r} is not an output of a replaced node"
+    for nn in new_nodes:
+        for v in nn.inputs:
+            if v is not None and id(v) in produced_by_old:
+                return f"new node {nn.name or nn.op_type!r} reads {v.name!r}, which the rewrite removes"
+    return None
 
 
 def _nested_ids(nodes: Iterable[Node]) -> set[int]:

@@ -1,10 +1,11 @@
 """Lepton's passes, the pass manager and the rewrite-rule engine."""
 
-from passes.base import REGISTRY, Pass, PassContext, PassResult, PipelineSyntaxError, parse_pipeline, register
+from passes.base import REGISTRY, Pass, PassContext, PassResult, PipelineSyntaxError, RuleStats, parse_pipeline, register
 from passes.manager import IRDump, PassError, PassManager, PassRecord, PipelineResult
+import passes.cleanup  # noqa: F401, E402 - registers the cleanup passes
 import passes.lowering  # noqa: F401, E402 - registers the lowering passes (expand-functions)
 
 __all__ = [
     "REGISTRY", "IRDump", "Pass", "PassContext", "PassError", "PassManager", "PassRecord", "PassResult",
-    "PipelineResult", "PipelineSyntaxError", "parse_pipeline", "register",
+    "PipelineResult", "PipelineSyntaxError", "RuleStats", "parse_pipeline", "register",
 ]

@@ -1,8 +1,12 @@
-"""The pass manager: runs a pipeline to a bounded fixed point and calls instruments.
+"""The pass manager: runs a pipeline in stages and calls instruments.
 
-Per pass run it records a `PassRecord` (iteration, modified, seconds, node counts, stats):
-that log is what `lepton` prints and what artifacts store. With `verify_ir=True` (or
-`LEPTON_DEBUG=1`) the IR verifier runs after every pass.
+The pipeline is cut into stages in order: each run of consecutive repeatable passes
+(`Pass.repeat`, cleanup and rewrites) is a stage run to a bounded fixed point; each one-shot
+pass (layout, quantize, prune) is a stage of its own, run once where the pipeline names it.
+
+Per pass run it records a `PassRecord` (stage, iteration, modified, seconds, node counts,
+stats, per-rule work): that log is what `lepton` prints and what artifacts store. With
+`verify_ir=True` (or `LEPTON_DEBUG=1`) the IR verifier runs after every pass.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Protocol
 from lepton_ir import Graph, InternalError, LeptonError, verify
 from lepton_ir.exporter import save
 
-from passes.base import Pass, PassContext, PassResult, parse_pipeline
+from passes.base import Pass, PassContext, PassResult, RuleStats, parse_pipeline
 
 
 class PassError(InternalError):
@@ -34,6 +38,8 @@ class PassRecord:
     nodes_before: int
     nodes_after: int
     stats: dict[str, int] = field(default_factory=dict)
+    stage: int = 0
+    rules: dict[str, RuleStats] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,6 +49,7 @@ class PipelineResult:
     records: list[PassRecord]
     iterations: int
     converged: bool
+    stages: list[list[str]] = field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -52,7 +59,8 @@ class PipelineResult:
         """Per pass name: runs, total seconds, node delta and summed stats, in first-run order."""
         rows: dict[str, dict[str, object]] = {}
         for r in self.records:
-            row = rows.setdefault(r.name, {"pass": r.name, "runs": 0, "modified": 0, "seconds": 0.0, "nodes_removed": 0, "stats": {}})
+            row = rows.setdefault(r.name, {"pass": r.name, "runs": 0, "modified": 0, "seconds": 0.0, "nodes_removed": 0,
+                                           "stats": {}, "rules": {}})
             row["runs"] = int(row["runs"]) + 1  # type: ignore[call-overload]
             row["modified"] = int(row["modified"]) + int(r.modified)  # type: ignore[call-overload]
             row["seconds"] = float(row["seconds"]) + r.seconds  # type: ignore[arg-type]
@@ -60,6 +68,12 @@ class PipelineResult:
             stats: dict[str, int] = row["stats"]  # type: ignore[assignment]
             for k, v in r.stats.items():
                 stats[k] = stats.get(k, 0) + v
+            rules: dict[str, dict[str, float]] = row["rules"]  # type: ignore[assignment]
+            for k, rs in r.rules.items():
+                acc = rules.setdefault(k, {"tried": 0, "matched": 0, "seconds": 0.0})
+                acc["tried"] += rs.tried
+                acc["matched"] += rs.matched
+                acc["seconds"] += rs.seconds
         return list(rows.values())
 
 
@@ -89,8 +103,20 @@ class IRDump:
             save(graph, os.path.join(self.folder, f"{self.count:03d}_{p.name}.onnx"))
 
 
+def stages(passes: Sequence[Pass]) -> list[list[Pass]]:
+    """Cut a pipeline into stages: maximal runs of repeatable passes, and each one-shot pass alone."""
+    out: list[list[Pass]] = []
+    for p in passes:
+        if p.repeat and out and all(q.repeat for q in out[-1]):
+            out[-1].append(p)
+        else:
+            out.append([p])
+    return out
+
+
 class PassManager:
-    """Runs `passes` in order, repeatedly, until none modifies the graph or `max_iterations` is hit."""
+    """Runs `passes` stage by stage: a repeatable stage until none of its passes modifies the
+    graph or `max_iterations` is hit; a one-shot stage once."""
 
     def __init__(
         self,
@@ -108,17 +134,25 @@ class PassManager:
     def run(self, graph: Graph, ctx: PassContext | None = None) -> PipelineResult:
         ctx = ctx or PassContext()
         records: list[PassRecord] = []
-        for iteration in range(1, self.max_iterations + 1):
-            changed = False
-            for p in self.passes:
-                record = self._run_one(p, graph, ctx, iteration, records)
-                records.append(record)
-                changed |= record.modified
-            if not changed:
-                return PipelineResult(records, iteration, converged=True)
-        return PipelineResult(records, self.max_iterations, converged=False)
+        plan = stages(self.passes)
+        most, converged = 0, True
+        for number, stage in enumerate(plan):
+            limit = self.max_iterations if stage[0].repeat else 1
+            for iteration in range(1, limit + 1):
+                changed = False
+                for p in stage:
+                    record = self._run_one(p, graph, ctx, iteration, records, number)
+                    records.append(record)
+                    changed |= record.modified
+                most = max(most, iteration)
+                if not changed or not stage[0].repeat:
+                    break
+            else:
+                converged = False
+        return PipelineResult(records, most, converged, [[p.name for p in st] for st in plan])
 
-    def _run_one(self, p: Pass, graph: Graph, ctx: PassContext, iteration: int, done: list[PassRecord]) -> PassRecord:
+    def _run_one(self, p: Pass, graph: Graph, ctx: PassContext, iteration: int, done: list[PassRecord],
+                 stage: int = 0) -> PassRecord:
         for inst in self.instruments:
             if hasattr(inst, "before_pass"):
                 inst.before_pass(p, graph, ctx)
@@ -137,7 +171,8 @@ class PassManager:
         except Exception as e:  # noqa: BLE001 - any bug in a pass is reported with its name
             raise self._error(p, done, e) from e
         record = PassRecord(
-            p.name, iteration, result.modified, time.perf_counter() - start, before, len(graph), dict(result.stats)
+            p.name, iteration, result.modified, time.perf_counter() - start, before, len(graph), dict(result.stats),
+            stage, dict(result.rules),
         )
         for inst in self.instruments:
             if hasattr(inst, "after_pass"):

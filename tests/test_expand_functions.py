@@ -186,9 +186,9 @@ def test_keep_is_honored() -> None:
 
 
 def test_ops_option_from_pipeline_text() -> None:
-    (p,) = parse_pipeline("expand-functions{ops=Celu+HardSwish}")
+    (p,) = parse_pipeline("expand-functions{ops=[Celu,HardSwish]}")
     assert isinstance(p, ExpandFunctions) and p.ops == frozenset({"Celu", "HardSwish"}) and p.keep == frozenset()
-    assert p.spec() == "expand-functions{ops=Celu+HardSwish}"
+    assert p.spec() == "expand-functions{ops=[Celu,HardSwish]}"
     assert parse_pipeline(p.spec()) == [p]
     assert parse_pipeline("expand-functions{keep=Elu}") == [ExpandFunctions(keep=frozenset({"Elu"}))]
     assert REGISTRY["expand-functions"] is ExpandFunctions

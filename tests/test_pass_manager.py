@@ -76,7 +76,7 @@ def test_pipeline_text_parses_names_and_typed_options() -> None:
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("no-such-pass", "unknown pass 'no-such-pass'"), ("test-drop-one-relu{nope=1}", "bad option"),
+    [("no-such-pass", "unknown pass 'no-such-pass'"), ("test-drop-one-relu{nope=1}", "unknown option .nope.; options: limit"),
      ("test-drop-one-relu{limit=x}", "should be int"), ("test-drop-one-relu{limit=1", "cannot parse")],
 )
 def test_bad_pipeline_text_is_a_user_error(text: str, needle: str) -> None:

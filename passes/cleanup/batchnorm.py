@@ -18,6 +18,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node
 
 from passes.base import register
@@ -64,7 +65,9 @@ class ConvBatchNorm(Rule):
         b2 = ((b0 - mean) * s + bias).astype(w.dtype)
         return matched(conv=conv, weight=w2, bias=b2)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         conv: Node = m["conv"]
         prefix = conv.name or "conv"
         w = graph.add_constant(m["weight"], prefix + "_W_bn")

@@ -45,7 +45,8 @@ from lepton_ir.types import dtype_bits, np_to_onnx_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
 from passes.ort import run_model
-from passes.rewrite import constant_node_value, constant_value, replace_value, static_shape
+from lepton_ir.constants import constant_node_tensor, constant_tensor, constant_value
+from passes.rewrite import replace_value, static_shape
 
 EVAL_BUDGET = 64 << 20  # bytes of outputs (by bound) one onnxruntime evaluation may produce
 
@@ -146,32 +147,6 @@ def set_constant(g: Graph, old: Value, value: np.ndarray | Tensor) -> Value:
     return out
 
 
-def constant_tensor(g: Graph, v: Value) -> Tensor | None:
-    """`v`'s constant as a Tensor, or None: an initializer that is not an overridable input of
-    `g` or an enclosing graph, or a `Constant` node's output (same rule as `constant_value`,
-    without materializing initializer data)."""
-    if v.const_value is not None:
-        h: Graph | None = g
-        while h is not None:
-            if h.is_graph_input(v):
-                return None
-            h = h.parent.graph if h.parent is not None else None
-        return v.const_value
-    if v.producer is not None and v.producer.op_type == "Constant" and not v.producer.domain:
-        return _constant_node_tensor(v.producer)
-    return None
-
-
-def _constant_node_tensor(node: Node) -> Tensor | None:
-    if len(node.attributes) != 1:
-        return None
-    a = node.attributes.get("value")
-    if a is not None:
-        return a.value if isinstance(a.value, Tensor) else None
-    arr = constant_node_value(node)
-    return None if arr is None else Tensor.from_numpy(arr)
-
-
 def _nbytes(span: int, dtype: int) -> int:
     return (span * dtype_bits(dtype) + 7) // 8
 
@@ -193,7 +168,7 @@ def _constants_to_initializers(g: Graph, owners: dict[int, list[Graph]], created
         out = node.outputs[0]
         if not out.uses or g.is_graph_output(out) or pinned(g, out, owners):
             continue
-        t = _constant_node_tensor(node)
+        t = constant_node_tensor(node)
         if t is None:
             continue  # value_string(s), sparse_value: left alone
         v = add_tensor(g, t, out.name)

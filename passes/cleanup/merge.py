@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Attr, Graph, Node, Value
 
 from passes.base import PassContext, PassResult, register
@@ -76,7 +77,9 @@ class ComposeTransposes(Rule):
                 return failed(f"result is the input {x.name!r} but {out.name!r} is a graph output that cannot take it over")
         return matched(first=first, x=x, perm=perm, identity=identity)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         first: Node = m["first"]
         if m["identity"]:
             ok = replace_value(graph, node.outputs[0], m["x"])
@@ -125,7 +128,9 @@ class CollapseReshapes(Rule):
             resolved[i] = dim
         return matched(first=first, shape=resolved)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         first: Node = m["first"]
         node.replace_input(0, first.inputs[0])
         if m["shape"] is not None:

@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
 
 from passes.base import Pass, PassContext, PassResult, register
@@ -87,7 +88,9 @@ def _has(node: Node, index: int, attr: str) -> bool:
 class NoopRule(Rule):
     """A rule whose match binds `data`; the rewrite forwards `data` to the node's readers."""
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         done = replace_node_output(graph, node, m["data"])
         assert done, "check() guaranteed replace_value succeeds"
 

@@ -33,6 +33,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
 from lepton_ir.shape_inference import refresh_shapes
 
@@ -99,7 +100,9 @@ class ReshapeTargetFromDims(Rule):
                 return failed(f"target entry {i} is dim {e[2]} of {e[1].name!r}, not provably dim {i} of the data input")
         return matched(target=np.array(target, dtype=np.int64))
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         c = graph.add_constant(m["target"], (node.name or "reshape") + "_target")
         node.replace_input(1, c)
 

@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
 from lepton_ir.types import Dim, np_dtype
 
@@ -96,7 +97,9 @@ class ExpandTargetFromInput(Rule):
         noop = noop and can_replace_value(graph, node.outputs[0], x)
         return matched(entries=entries, noop=noop)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         x = node.inputs[0]
         assert x is not None
         if m["noop"]:
@@ -208,7 +211,9 @@ class RangeFromDims(Rule):
             return failed("the limit is not computed from dims (the frontend could not track its length)")
         return matched(count=count, dtype=dt)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         prefix = node.name or "range"
         count: Value = m["count"]
         dt: np.dtype = m["dtype"]

@@ -38,7 +38,6 @@ Invariants:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -80,7 +79,7 @@ class _Body:
 class ExpandFunctions(Pass):
     """Inline the ONNX function body of default-domain ops not in `keep` (only `ops` when given).
 
-    In pipeline text both options are '+'-separated op types: `expand-functions{ops=Celu+Swish}`.
+    In pipeline text both options are lists of op types: `expand-functions{ops=[Celu,Swish]}`.
     """
 
     name: ClassVar[str] = "expand-functions"
@@ -88,16 +87,6 @@ class ExpandFunctions(Pass):
 
     keep: frozenset[str] = frozenset()
     ops: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):  # pipeline text hands over '+'-separated strings
-            value = getattr(self, f.name)
-            if isinstance(value, str):
-                object.__setattr__(self, f.name, frozenset(s.strip() for s in value.split("+") if s.strip()))
-
-    def spec(self) -> str:
-        opts = [f"{f.name}={'+'.join(sorted(getattr(self, f.name)))}" for f in dataclasses.fields(self) if getattr(self, f.name)]
-        return self.name + ("{" + ",".join(opts) + "}" if opts else "")
 
     def selects(self, op_type: str) -> bool:
         """Whether a default-domain node of `op_type` is to be expanded (when it has a body)."""

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
+from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
 from lepton_ir.core import Attr
 from lepton_ir.types import is_float, np_dtype
@@ -119,7 +120,9 @@ class IsInfDirections(Rule):
             return failed("input type unknown")
         return matched(neg=neg, pos=pos)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         shape = node.outputs[0].shape
@@ -148,7 +151,9 @@ class PowTypes(Rule):
             return failed("bfloat16 operand")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         b, x = node.inputs[0], node.inputs[1]
         out = node.outputs[0]
@@ -171,7 +176,9 @@ class SinhCosh(Rule):
             return failed("input is not float32/float64/float16")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         dt, shape = x.dtype, x.shape
@@ -217,7 +224,9 @@ class DropoutInference(Rule):
             return failed("mask is used and the data shape is not static")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         y = e("Identity", [x], x.dtype, x.shape)
@@ -243,7 +252,9 @@ class EyeLikeStatic(Rule):
             return failed("output dtype unknown")
         return matched(shape=shape, nd=nd, dtype=int(dtype))
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         rows, cols = m["shape"]
         eye = np.eye(rows, cols, k=int(node.attr("k", 0)), dtype=m["nd"])
@@ -264,7 +275,9 @@ class SpaceToDepthCRD(Rule):
             return failed("input shape is not a static 4-D shape")
         return matched(shape=shape)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         b, c, h, w = m["shape"]
         bs = int(node.attr("blocksize"))
@@ -293,7 +306,9 @@ class LpNormalization(Rule):
             return failed("axis out of range")
         return matched(p=p, axis=axis % len(x.shape))
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         kshape = list(x.shape)
@@ -340,7 +355,9 @@ class ConvTransposeOutputShape(Rule):
                 return failed("output_padding would reach the stride")
         return matched(pads=begin + end, output_padding=[p + x for p, x in zip(opad, extra, strict=True)])
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         del node.attributes["output_shape"]
         node.attributes.pop("auto_pad", None)
         node.attributes["pads"] = Attr.infer(list(m["pads"]))
@@ -370,7 +387,9 @@ class CumProd(Rule):
             return failed("axis length is not a static int in 1..MAX_STEPS")
         return matched(axis=a, n=n)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         a, n = m["axis"], m["n"]
@@ -418,7 +437,9 @@ class OneHot(Rule):
             return failed("axis out of range")
         return matched(depth=int(np.asarray(d).reshape(-1)[0]), axis=axis % rank)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         indices, values = node.inputs[0], node.inputs[2]
         d, a = m["depth"], m["axis"]
@@ -460,7 +481,9 @@ class PadRuntimeValue(Rule):
             return failed("data shape not static or pads not constant")
         return matched(shape=shape)
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x, pads, value = node.inputs[0], node.inputs[1], node.inputs[2]
         axes = node.inputs[3:4] if len(node.inputs) > 3 else []
@@ -483,7 +506,9 @@ class ReduceBool(Rule):
             return failed("input is not bool")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x = node.inputs[0]
         out = node.outputs[0]
@@ -511,7 +536,9 @@ class ReduceExtremeInfinity(Rule):
             return failed("already fixed")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         x, out = node.inputs[0], node.outputs[0]
         e = _Emit(graph, node)
         inf = np.array(-np.inf if node.op_type == "ReduceMax" else np.inf, dtype=np_dtype(x.dtype))
@@ -547,7 +574,9 @@ class FloatMod(Rule):
             return failed("fmod=1 or not a float16/32/64 input")
         return matched()
 
-    def rewrite(self, node: Node, graph: Graph, m: Match) -> None:
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        graph = node.graph
+        assert graph is not None
         e = _Emit(graph, node)
         x, y = node.inputs[0], node.inputs[1]
         out = node.outputs[0]
