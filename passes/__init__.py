@@ -3,6 +3,7 @@
 from passes.base import REGISTRY, Pass, PassContext, PassResult, PipelineSyntaxError, RuleStats, parse_pipeline, register
 from passes.manager import IRDump, PassError, PassManager, PassRecord, PipelineResult
 import passes.cleanup  # noqa: F401, E402 - registers the cleanup passes
+import passes.fusion  # noqa: F401, E402 - registers the fusion passes
 import passes.lowering  # noqa: F401, E402 - registers the lowering passes (expand-functions)
 
 __all__ = [

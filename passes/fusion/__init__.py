@@ -1,0 +1,6 @@
+"""Fusion passes: fold and fuse operator chains into fewer, larger ops.
+
+Importing this package registers every fusion pass. Fused ops that ONNX defines stay
+standard ONNX; the others are ops onnxruntime also runs (its com.microsoft contrib ops) or
+lepton-domain ops with ONNX function bodies, so every intermediate graph runs in onnxruntime.
+"""
