@@ -133,17 +133,25 @@ class Rewriter:
                 u.replace_input(i, new)
         for u in users:
             self._emit(Event.MODIFY, u)
-        for g in old.graph_outputs:
-            name = old.name
-            if new.producer is not None and new.producer.graph is g and not new.graph_outputs:
-                old.name = g.fresh_name(f"{name}_replaced")  # `new` takes over the slot and the name
-                new.name = name
+        name = old.name
+        named = False  # whether `name` has been handed on (a value of several graphs' outputs keeps it once)
+
+        def home(g: Graph) -> bool:
+            return new.producer is not None and new.producer.graph is g
+
+        # `new`'s own graph first (it takes the name there), then the main graph (whose names callers see)
+        for g in sorted(old.graph_outputs, key=lambda g: (not home(g), g.parent is not None)):
+            if old.name == name:
+                old.name = g.fresh_name(f"{name}_replaced")
+            if not named and home(g) and not new.graph_outputs:
+                new.name = name  # `new` takes over the slot and the name
+                named = True
                 g.outputs = [new if v is old else v for v in g.outputs]
                 continue
             # `new` cannot be renamed (a graph input, an initializer, another output, or a value
             # of an outer graph, which ONNX does not let a subgraph return): an Identity carries the name
-            old.name = g.fresh_name(f"{name}_replaced")
-            carry = Value(name, new.dtype, new.shape)
+            carry = Value(name if not named else g.fresh_name(name), new.dtype, new.shape)
+            named = True
             node = Node("", "Identity", [new], outputs=[carry], name=g.fresh_name(f"{name}_identity"))
             self.append(g, node)
             g.outputs = [carry if v is old else v for v in g.outputs]
@@ -155,12 +163,16 @@ class Rewriter:
         return replace_problem(old_nodes, value_map, new_nodes)
 
     def replace(self, old_nodes: Sequence[Node], new_nodes: Sequence[Node],
-                value_map: Mapping[Value, Value | None]) -> None:
+                value_map: Mapping[Value, Value | None], *, inherit: bool = False) -> None:
         """Replace `old_nodes` (one graph) by `new_nodes`: each `old -> new` of `value_map` takes
         over the old value's readers and graph-output slots; then the old nodes are erased.
 
         New nodes are inserted just before the last old node in graph order; the graph is
         re-sorted only when a mapped value has readers between the first and the last old node.
+        With `inherit`, each mapped value computed by `new_nodes` becomes the old value in all
+        but identity: it takes the old value's dtype and shape where those are known (over its
+        own) and its name, graph output or not (a lowering that expands one node keeps the
+        node's output names; a value mapped from several old ones takes the first one's name).
         Raises `RewriteRefused` (graph untouched) when `check_replace` finds the edit unsafe.
         """
         reason = self.check_replace(old_nodes, value_map, new_nodes)
@@ -172,6 +184,12 @@ class Rewriter:
         self.insert_before(span[-1], list(new_nodes))
         in_span = {id(n) for n in span}
         fresh = {id(o) for n in new_nodes for o in n.outputs}
+        names = {id(old): old.name for old in value_map}
+        if inherit:
+            for old, new in value_map.items():
+                if new is not None and id(new) in fresh:
+                    new.dtype = old.dtype if old.dtype is not None else new.dtype
+                    new.shape = old.shape if old.shape is not None else new.shape
         resort = False
         for old, new in value_map.items():
             if new is None or new is old:
@@ -183,6 +201,16 @@ class Rewriter:
         for n in reversed(span):
             if id(n) in doomed:
                 self.erase(n)
+        if inherit:
+            renamed: set[int] = set()
+            for old, new in value_map.items():
+                name = names[id(old)]
+                if new is None or id(new) not in fresh or id(new) in renamed or not name:
+                    continue
+                renamed.add(id(new))
+                if new.name != name and old.name == name:  # not handed on with a graph-output slot
+                    old.name = g.fresh_name(f"{name}_replaced")
+                    new.name = name
         if resort:
             g.sort()
 
@@ -193,7 +221,7 @@ class Builder:
     `b.op("Add", [x, y])` or `b.Add(x, y)` returns the new output `Value` (a tuple when
     `num_outputs > 1`). The output dtype is `dtype` when given, else inferred: fixed for ops
     that always produce one type (comparisons → bool, Shape → int64), `to` for Cast, the
-    second input's for CastLike, otherwise the first typed input's. Shapes are `shape` or unknown.
+    second input's for CastLike, the branches' for Where, otherwise the first typed input's. Shapes are `shape` or unknown.
     """
 
     _BOOL = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
@@ -250,6 +278,8 @@ class Builder:
             return int(to.value if isinstance(to, Attr) else to) if to is not None else None
         if op_type == "CastLike" and len(inputs) > 1 and inputs[1] is not None:
             return inputs[1].dtype
+        if op_type == "Where":  # the condition is bool; the branches carry the type
+            return next((v.dtype for v in inputs[1:] if v is not None and v.dtype is not None), None)
         if op_type == "Constant":
             v = attrs.get("value")
             v = v.value if isinstance(v, Attr) else v

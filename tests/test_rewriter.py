@@ -153,6 +153,75 @@ def test_builder_infers_output_types() -> None:
     assert all(n.graph is None for n in b.nodes) and x.uses == ((g.nodes[0], 0),)
 
 
+def test_replace_uses_keeps_the_main_graph_output_name_of_a_value_a_subgraph_also_returns() -> None:
+    x = Value("x", F, (2,))
+    cond = Value("cond", T.BOOL, ())
+    relu = Node("", "Relu", [x], name="relu")
+    r = relu.outputs[0]
+    r.dtype, r.shape, r.name = F, (2,), "r"
+    then_g = Graph("then", [], [r], [])  # returns the outer value, and is listed first in r.graph_outputs
+    neg = Node("", "Neg", [x], name="neg")
+    neg.outputs[0].dtype, neg.outputs[0].shape = F, (2,)
+    else_g = Graph("else", [], [neg.outputs[0]], [neg])
+    iff = Node("", "If", [cond], {"then_branch": then_g, "else_branch": else_g}, name="if")
+    iff.outputs[0].dtype, iff.outputs[0].shape, iff.outputs[0].name = F, (2,), "z"
+    g = Graph("g", [x, cond], [iff.outputs[0], r], [relu, iff], opset_imports={"": 17})
+    assert r.graph_outputs == (then_g, g)
+    bld = Builder(g, "s")
+    s = bld.Sigmoid(x)
+    Rewriter().replace([relu], bld.nodes, {r: s})
+    lepton_ir.verify(g)
+    assert [v.name for v in g.outputs] == ["z", "r"] and g.outputs[1] is s
+    (carry,) = then_g.outputs
+    assert carry.producer is not None and carry.producer.inputs == (s,) and carry.name != "r"
+    feeds = {"x": np.array([-1.0, 2.0], np.float32), "cond": np.array(True)}
+    got = run_model(lepton_ir.to_onnx(g), feeds)
+    np.testing.assert_allclose(got["r"], 1 / (1 + np.exp(-feeds["x"])), rtol=1e-6)
+    np.testing.assert_allclose(got["z"], got["r"], rtol=1e-6)
+
+
+def test_replace_with_inherit_gives_new_values_the_old_names_and_known_types() -> None:
+    g, x, (a, b, c) = chain()
+    b.outputs[0].name = "mid"
+    bld = Builder(g, "n")
+    na = bld.Neg(a.outputs[0], shape=(6,))  # a wrong shape of its own: the old value's known one wins
+    Rewriter().replace([b], bld.nodes, {b.outputs[0]: na}, inherit=True)
+    lepton_ir.verify(g)
+    assert na.name == "mid" and na.shape == (2, 3) and na.dtype == F
+    assert b.outputs[0].name != "mid"  # the removed value gave its name up
+    assert c.inputs == (na,)
+    # without inherit only graph outputs keep their names
+    bld = Builder(g, "m")
+    nc = bld.Exp(na)
+    Rewriter().replace([c], bld.nodes, {c.outputs[0]: nc})
+    assert nc.name == "y"
+    bld = Builder(g, "k")
+    nn = bld.Neg(a.outputs[0])
+    Rewriter().replace([na.producer], bld.nodes, {na: nn})
+    assert nn.name != "mid"
+
+
+def test_replace_with_inherit_names_a_value_mapped_twice_once() -> None:
+    x = Value("x", F, (2,))
+    split = Node("", "Split", [x], {"axis": 0}, outputs=[Value("p", F, (1,)), Value("q", F, (1,))], name="split")
+    add = Node("", "Add", [split.outputs[0], split.outputs[1]], outputs=[Value("y", F, (1,))], name="add")
+    g = Graph("g", [x], [add.outputs[0]], [split, add], opset_imports={"": 17})
+    bld = Builder(g, "s")
+    half = bld.Slice(x, bld.const(np.array([0])), bld.const(np.array([1])))
+    Rewriter().replace([split], bld.nodes, {split.outputs[0]: half, split.outputs[1]: half}, inherit=True)
+    lepton_ir.verify(g)
+    assert half.name == "p" and add.inputs == (half, half)
+
+
+def test_builder_types_where_by_its_branches() -> None:
+    g, x, _ = chain()
+    b = Builder(g, "t")
+    cond = b.Less(x, x)
+    assert b.Where(cond, x, x).dtype == F
+    ints = b.const(np.zeros(3, np.int64))
+    assert b.Where(cond, ints, ints).dtype == T.INT64
+
+
 # ----- properties ----------------------------------------------------------------------------
 
 
