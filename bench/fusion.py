@@ -20,8 +20,9 @@ each pass buys. Every Lepton build is verified against onnxruntime by `compile`,
 compared with onnxruntime's before timing (rtol/atol 1e-4); a build whose outputs differ is reported, not
 timed. Timing is `bench.latency.time_blocks`: one warm-up call each, then blocks of `--inner` consecutive
 calls with the tools alternating block by block, `--repeat` blocks each (DESIGN §7: the runtimes' thread
-pools spin after each call, so call-by-call alternation would steal the cores from the next tool); the
-figure is the median of the blocks' medians.
+pools spin after each call, so call-by-call alternation would steal the cores from the next tool). Reported:
+per tool the median of its blocks' medians (ms), and ratios as the median over rounds of the ratio within
+each round (`paired_ratio`), which holds through the machine's slow episodes.
 
 Writes bench/results/fusion.json (`--out`) and prints a Markdown table.
 """
@@ -135,19 +136,26 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
         else:
             r["error"] = f"outputs differ from onnxruntime (max abs err {err:.3g})"
     say(f"  timing {', '.join(live)}: {repeat} blocks of {inner} calls each")
+    row["loadavg_before"] = os.getloadavg()[0]  # other work on the cores skews the tools differently
     rounds = time_blocks(live, repeat, dict.fromkeys(live, inner))
-    ort_ms = statistics.median(rounds["onnxruntime"])
-    lepton_ms = statistics.median(rounds["lepton"]) if "lepton" in rounds else None
+    row["loadavg_after"] = os.getloadavg()[0]
     for tool, ms in rounds.items():
-        med = statistics.median(ms)
-        row["tools"][tool].update(ms=med, rounds_ms=ms, ratio_vs_onnxruntime=med / ort_ms,
-                                  ratio_vs_lepton=med / lepton_ms if lepton_ms else None)
+        row["tools"][tool].update(ms=statistics.median(ms), rounds_ms=ms,
+                                  ratio_vs_onnxruntime=paired_ratio(ms, rounds["onnxruntime"]),
+                                  ratio_vs_lepton=paired_ratio(ms, rounds["lepton"]) if "lepton" in rounds else None)
     return row
+
+
+def paired_ratio(ms: Sequence[float], base: Sequence[float]) -> float:
+    """The median over rounds of `ms[i] / base[i]`: each round's blocks ran back to back, so a slow episode of the
+    machine (seconds to minutes, every tool slower; DESIGN §7, bench/RESULTS.md) divides out of that round's ratio
+    instead of landing on whichever tool's blocks it overlapped most."""
+    return statistics.median(a / b for a, b in zip(ms, base, strict=True))
 
 
 def table(rows: Sequence[Mapping[str, Any]], tools: Sequence[str]) -> str:
     """Markdown: per model and tool the median ms, the ratio to onnxruntime (and to `lepton` for the variants)."""
-    lines = ["| model | source / exporter | tool | nodes to TVM | median ms | vs onnxruntime | vs lepton |",
+    lines = ["| model | source / exporter | tool | nodes to TVM | median ms | vs onnxruntime (paired) | vs lepton (paired) |",
              "|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", default="", help=f"comma-separated (default: all); known: {', '.join(known)}")
     p.add_argument("--without", action="append", default=[], metavar="PASS[,PASS]",
                    help="also time Lepton with these passes removed from the x86 pipeline (repeat for more variants)")
-    p.add_argument("--repeat", type=int, default=5, help="blocks per tool")
+    p.add_argument("--repeat", type=int, default=9, help="blocks per tool (rounds)")
     p.add_argument("--inner", type=int, default=20, help="consecutive calls per block")
     p.add_argument("--out", default=os.path.join(RESULTS, "fusion.json"))
     args = p.parse_args(argv)
@@ -195,11 +203,13 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench_model(known[name], pipelines, args.repeat, args.inner, lambda s: print(s, flush=True)))
     meta = {"started": started.isoformat(timespec="seconds"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
             "repeat": args.repeat, "inner": args.inner, "pipelines": pipelines,
-            "seconds": round(time.perf_counter() - t_start)}
+            "seconds": round(time.perf_counter() - t_start), "loadavg_1min_end": os.getloadavg()[0]}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
-    print(f"{meta['started']}, {meta['cpu']}, {meta['cores']} cores, {meta['seconds']} s\n{table(rows, list(pipelines))}")
+    loads = [x for r in rows for x in (r.get("loadavg_before"), r.get("loadavg_after")) if x is not None]
+    print(f"{meta['started']}, {meta['cpu']}, {meta['cores']} cores, {meta['seconds']} s, 1-min load average "
+          f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} while timing\n{table(rows, list(pipelines))}")
 
 
 if __name__ == "__main__":

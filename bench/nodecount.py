@@ -293,6 +293,31 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
+def ort_deltas(row: Mapping[str, Any]) -> dict[str, int]:
+    """Per op type, onnxruntime's extended graph's count minus Lepton's (the graph handed to TVM), nonzero only:
+    negative where onnxruntime has fewer (fused them away), positive where it has more (its fused ops, and the
+    Reshapes it puts around 2-d Gemms)."""
+    ort_ops = row.get("tools", {}).get("ort-extended", {}).get("ops")
+    lepton_ops = row.get("tools", {}).get("lepton", {}).get("ops")
+    if ort_ops is None or lepton_ops is None:
+        return {}
+    diff = {op: ort_ops.get(op, 0) - lepton_ops.get(op, 0) for op in {*ort_ops, *lepton_ops}}
+    return dict(sorted(((op, d) for op, d in diff.items() if d), key=lambda kv: (kv[1] > 0, -abs(kv[1]), kv[0])))
+
+
+def deltas_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: per model, what onnxruntime's extended optimizations leave that differs from Lepton's graph."""
+    lines = ["| model | ops ORT has fewer of than Lepton | ops ORT has more of |", "|---|---|---|"]
+    for r in rows:
+        d = ort_deltas(r)
+        if not d:
+            continue
+        fewer = ", ".join(f"{op.split('::')[-1]} {n}" for op, n in d.items() if n < 0) or "-"
+        more = ", ".join(f"{op.split('::')[-1]} +{n}" for op, n in d.items() if n > 0) or "-"
+        lines.append(f"| {r['model']} | {fewer} | {more} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     import targets
     from targets.host import cpu_model
@@ -328,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
-    text = table(rows)
+    text = f"{table(rows)}\n\nonnxruntime (extended) minus Lepton (to TVM), by op type:\n\n{deltas_table(rows)}"
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(f"{meta['started']}, {meta['cpu']}; pipeline: `{pipeline}`\n\n{text}\n")
     print(f"{meta['started']}, {meta['cpu']}\n{text}")

@@ -91,3 +91,10 @@ def test_without_removes_exactly_the_named_passes() -> None:
     assert out["lepton"] == base
     reduced = [p.name for p in parse_pipeline(out["lepton-without-fuse-batchnorm"])]
     assert reduced == [p.name for p in parse_pipeline(base) if p.name != "fuse-batchnorm"]
+
+
+def test_paired_ratio_divides_out_slow_rounds() -> None:
+    from bench.fusion import paired_ratio
+
+    # round 2 ran in a slow episode for both tools: the per-round ratio stays 0.5, the ratio of medians would not
+    assert paired_ratio([1.0, 6.0, 1.1], [2.0, 12.0, 2.2]) == pytest.approx(0.5)
