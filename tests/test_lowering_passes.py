@@ -15,9 +15,11 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
+from hypothesis import HealthCheck, event, given, settings
 from onnx import TensorProto as T
 from onnx.reference import ReferenceEvaluator
 from passutil import assert_outputs_close, assert_pass_preserves, run_pass
+from strategies import onnx_models, random_inputs
 
 import lepton_ir
 from passes import REGISTRY, parse_pipeline
@@ -433,3 +435,20 @@ def test_float_mod(dtype: type) -> None:
     assert run_pass(LOWER, graph).modified and not run_pass(LOWER, graph).modified
     got = run_model(lepton_ir.to_onnx(graph), {"x": x, "y": y})["z"]
     np.testing.assert_array_equal(got, np.mod(x, y))  # ONNX's reference is numpy's mod
+
+
+# ----- random graphs -------------------------------------------------------------------------------
+# tests/strategies.py draws inference Dropouts and float ReduceMax (lower-ops rewrites both). It
+# cannot feed the other passes here: its inputs have dims >= 1 (fold-empty-inputs), Scan (unroll-scan),
+# preview-domain ops (expand-preview), LayerNormalization/RMSNormalization and non-float32 Elu
+# (expand-misconverted) are never drawn. canonicalize-dynamic-shapes (test_real_patterns) and
+# expand-functions (test_expand_functions) have their own random-graph tests.
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=onnx_models(max_nodes=24))
+def test_lower_ops_preserves_random_graphs(m: onnx.ModelProto) -> None:
+    graph = lepton_ir.load(m)
+    fired = run_pass(LOWER, graph).stats
+    event("lower-ops fired" if fired else "lower-ops found nothing")
+    assert_pass_preserves(m, LOWER, random_inputs(m))

@@ -46,63 +46,41 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx
 
-from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
-from lepton_ir.core import Attr
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.types import is_float, np_dtype
 
 from passes.base import register
-from passes.rewrite import (
-    Match,
-    RewritePass,
-    Rule,
-    constant_value,
-    failed,
-    matched,
-    replace_value,
-    static_shape,
-)
+from passes.rewrite import Match, RewritePass, Rule, failed, matched, static_shape
 
 T = onnx.TensorProto
 
 
-class _Emit:
-    """Builds nodes to insert before `anchor`, named after it."""
+def _builder(node: Node) -> Builder:
+    """A builder for the nodes replacing `node`, named after it."""
+    assert node.graph is not None
+    return Builder(node.graph, node.name or node.op_type.lower())
 
-    def __init__(self, graph: Graph, anchor: Node) -> None:
-        self.graph, self.anchor, self.nodes = graph, anchor, []
-        self.prefix = anchor.name or anchor.op_type.lower()
 
-    def __call__(self, op: str, inputs: list[Value | None], dtype: int | None, shape: Any, **attrs: Any) -> Value:
-        out = Value(self.graph.fresh_name(f"{self.prefix}_{op.lower()}"), dtype, None if shape is None else tuple(shape))
-        self.nodes.append(Node("", op, inputs, attrs, outputs=[out], name=self.graph.fresh_name(f"{self.prefix}_{op}")))
-        return out
-
-    def const(self, array: np.ndarray) -> Value:
-        return self.graph.add_constant(np.asarray(array), f"{self.prefix}_c")
-
-    def replace(self, results: list[Value | None]) -> None:
-        """Insert the nodes, make readers of each output of the anchor read `results[i]`, remove it."""
-        self.graph.insert_before(self.anchor, self.nodes)
-        for out, new in zip(self.anchor.outputs, results, strict=False):
-            if new is not None and (out.uses or self.graph.is_graph_output(out)):
-                ok = replace_value(self.graph, out, new)
-                assert ok, "checked by the rule"
-        self.graph.remove(self.anchor)
+def _swap(rw: Rewriter, node: Node, b: Builder, results: list[Value | None]) -> None:
+    """Replace `node` by the nodes `b` built: `results[i]` takes over output i where that is read."""
+    rw.replace([node], b.nodes, {out: new for out, new in zip(node.outputs, results, strict=False)
+                                 if new is not None and out.is_used()})
 
 
 def _opset(graph: Graph) -> int:
     return graph.root().opset_imports.get("", 1)
 
 
-def _axes_input(e: _Emit, graph: Graph, axes: list[int], data: Value, op: str, dtype: int | None, shape: Any,
+def _axes_input(b: Builder, axes: list[int], data: Value, op: str, dtype: int | None, shape: Any,
                 keepdims: int = 1) -> Value:
     """`op` (a Reduce op) over `axes`, as an input (opset 18+, 13+ for ReduceSum) or an attribute."""
-    opset = _opset(graph)
+    opset = _opset(b.graph)
     as_input = opset >= 18 or (op == "ReduceSum" and opset >= 13)
     if as_input:
-        return e(op, [data, e.const(np.array(axes, dtype=np.int64))], dtype, shape, keepdims=keepdims)
-    return e(op, [data], dtype, shape, axes=axes, keepdims=keepdims)
+        return b.op(op, [data, b.const(np.array(axes, dtype=np.int64))], {"keepdims": keepdims}, dtype=dtype, shape=shape)
+    return b.op(op, [data], {"axes": axes, "keepdims": keepdims}, dtype=dtype, shape=shape)
 
 
 # ----- rules ----------------------------------------------------------------------------
@@ -121,20 +99,18 @@ class IsInfDirections(Rule):
         return matched(neg=neg, pos=pos)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
         shape = node.outputs[0].shape
-        inf = e("IsInf", [x], T.BOOL, shape)
-        zero = e.const(np.zeros((), dtype=np_dtype(x.dtype)))
+        inf = b.IsInf(x, dtype=T.BOOL, shape=shape)
+        zero = b.const(np.zeros((), dtype=np_dtype(x.dtype)))
         if m["pos"]:
-            side = e("Greater", [x, zero], T.BOOL, shape)
+            side = b.Greater(x, zero, dtype=T.BOOL, shape=shape)
         elif m["neg"]:
-            side = e("Less", [x, zero], T.BOOL, shape)
+            side = b.Less(x, zero, dtype=T.BOOL, shape=shape)
         else:
-            side = e("Not", [inf], T.BOOL, shape)
-        e.replace([e("And", [inf, side], T.BOOL, shape)])
+            side = b.Not(inf, dtype=T.BOOL, shape=shape)
+        _swap(rw, node, b, [b.And(inf, side, dtype=T.BOOL, shape=shape)])
 
 
 class PowTypes(Rule):
@@ -152,18 +128,17 @@ class PowTypes(Rule):
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        bld = _builder(node)
         b, x = node.inputs[0], node.inputs[1]
         out = node.outputs[0]
         if is_float(b.dtype):
-            e.replace([e("Pow", [b, e("Cast", [x], b.dtype, x.shape, to=b.dtype)], b.dtype, out.shape)])
+            cast = bld.Cast(x, dtype=b.dtype, shape=x.shape, to=b.dtype)
+            _swap(rw, node, bld, [bld.Pow(b, cast, dtype=b.dtype, shape=out.shape)])
             return
-        bd = e("Cast", [b], T.DOUBLE, b.shape, to=T.DOUBLE)
-        xd = x if x.dtype == T.DOUBLE else e("Cast", [x], T.DOUBLE, x.shape, to=T.DOUBLE)
-        p = e("Pow", [bd, xd], T.DOUBLE, out.shape)
-        e.replace([e("Cast", [p], b.dtype, out.shape, to=b.dtype)])
+        bd = bld.Cast(b, dtype=T.DOUBLE, shape=b.shape, to=T.DOUBLE)
+        xd = x if x.dtype == T.DOUBLE else bld.Cast(x, dtype=T.DOUBLE, shape=x.shape, to=T.DOUBLE)
+        p = bld.Pow(bd, xd, dtype=T.DOUBLE, shape=out.shape)
+        _swap(rw, node, bld, [bld.Cast(p, dtype=b.dtype, shape=out.shape, to=b.dtype)])
 
 
 class SinhCosh(Rule):
@@ -177,30 +152,29 @@ class SinhCosh(Rule):
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
         dt, shape = x.dtype, x.shape
         work = T.FLOAT if dt == T.FLOAT16 else dt
         nd = np_dtype(work)
-        xw = x if work == dt else e("Cast", [x], work, shape, to=work)
-        ex = e("Exp", [xw], work, shape)
-        emx = e("Exp", [e("Neg", [xw], work, shape)], work, shape)
-        half = e.const(np.array(0.5, dtype=nd))
+        xw = x if work == dt else b.Cast(x, dtype=work, shape=shape, to=work)
+        ex = b.Exp(xw, dtype=work, shape=shape)
+        emx = b.Exp(b.Neg(xw, dtype=work, shape=shape), dtype=work, shape=shape)
+        half = b.const(np.array(0.5, dtype=nd))
         if node.op_type == "Cosh":
-            y = e("Mul", [e("Add", [ex, emx], work, shape), half], work, shape)
+            y = b.Mul(b.Add(ex, emx, dtype=work, shape=shape), half, dtype=work, shape=shape)
         else:
-            big = e("Mul", [e("Sub", [ex, emx], work, shape), half], work, shape)
-            x2 = e("Mul", [xw, xw], work, shape)
+            big = b.Mul(b.Sub(ex, emx, dtype=work, shape=shape), half, dtype=work, shape=shape)
+            x2 = b.Mul(xw, xw, dtype=work, shape=shape)
             # x (1 + x^2/6 (1 + x^2/20 (1 + x^2/42 (1 + x^2/72)))): |error| < x^11/4e7 for |x| < 1
-            poly = e.const(np.array(1.0, dtype=nd))
+            poly = b.const(np.array(1.0, dtype=nd))
             for d in (72.0, 42.0, 20.0, 6.0):
-                poly = e("Add", [e.const(np.array(1.0, dtype=nd)), e("Mul", [x2, e("Mul", [poly, e.const(np.array(1 / d, dtype=nd))], work, shape)], work, shape)], work, shape)
-            small = e("Mul", [xw, poly], work, shape)
-            near = e("Less", [e("Abs", [xw], work, shape), e.const(np.array(1.0, dtype=nd))], T.BOOL, shape)
-            y = e("Where", [near, small, big], work, shape)
-        e.replace([y if work == dt else e("Cast", [y], dt, shape, to=dt)])
+                step = b.Mul(x2, b.Mul(poly, b.const(np.array(1 / d, dtype=nd)), dtype=work, shape=shape), dtype=work, shape=shape)
+                poly = b.Add(b.const(np.array(1.0, dtype=nd)), step, dtype=work, shape=shape)
+            small = b.Mul(xw, poly, dtype=work, shape=shape)
+            near = b.Less(b.Abs(xw, dtype=work, shape=shape), b.const(np.array(1.0, dtype=nd)), dtype=T.BOOL, shape=shape)
+            y = b.Where(near, small, big, dtype=work, shape=shape)
+        _swap(rw, node, b, [y if work == dt else b.Cast(y, dtype=dt, shape=shape, to=dt)])
 
 
 class DropoutInference(Rule):
@@ -220,21 +194,20 @@ class DropoutInference(Rule):
                 if ratio is None or float(np.asarray(ratio).reshape(-1)[0]) != 0.0:
                     return failed("training mode with a ratio that is not a constant 0 (random)")
         mask = node.outputs[1] if len(node.outputs) > 1 else None
-        if mask is not None and (mask.uses or graph.is_graph_output(mask)) and static_shape(x) is None:
+        if mask is not None and mask.is_used() and static_shape(x) is None:
             return failed("mask is used and the data shape is not static")
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
-        y = e("Identity", [x], x.dtype, x.shape)
+        y = b.Identity(x, dtype=x.dtype, shape=x.shape)
         results: list[Value | None] = [y]
         if len(node.outputs) > 1:
             shape = static_shape(x)
-            results.append(e("Identity", [e.const(np.ones(shape, dtype=bool))], T.BOOL, shape) if shape is not None else None)
-        e.replace(results)
+            ones = None if shape is None else b.Identity(b.const(np.ones(shape, dtype=bool)), dtype=T.BOOL, shape=shape)
+            results.append(ones)
+        _swap(rw, node, b, results)
 
 
 class EyeLikeStatic(Rule):
@@ -253,12 +226,10 @@ class EyeLikeStatic(Rule):
         return matched(shape=shape, nd=nd, dtype=int(dtype))
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         rows, cols = m["shape"]
         eye = np.eye(rows, cols, k=int(node.attr("k", 0)), dtype=m["nd"])
-        e.replace([e("Identity", [e.const(eye)], m["dtype"], (rows, cols))])
+        _swap(rw, node, b, [b.Identity(b.const(eye), dtype=m["dtype"], shape=(rows, cols))])
 
 
 class SpaceToDepthCRD(Rule):
@@ -276,18 +247,16 @@ class SpaceToDepthCRD(Rule):
         return matched(shape=shape)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
-        b, c, h, w = m["shape"]
+        b = _builder(node)
+        n, c, h, w = m["shape"]
         bs = int(node.attr("blocksize"))
         x = node.inputs[0]
-        six = (b, c, h // bs, bs, w // bs, bs)
-        t = e("Reshape", [x, e.const(np.array(six, dtype=np.int64))], x.dtype, six)
+        six = (n, c, h // bs, bs, w // bs, bs)
+        t = b.Reshape(x, b.const(np.array(six, dtype=np.int64)), dtype=x.dtype, shape=six)
         perm = [0, 1, 3, 5, 2, 4]
-        t = e("Transpose", [t], x.dtype, [six[p] for p in perm], perm=perm)
-        out = (b, c * bs * bs, h // bs, w // bs)
-        e.replace([e("Reshape", [t, e.const(np.array(out, dtype=np.int64))], x.dtype, out)])
+        t = b.Transpose(t, dtype=x.dtype, shape=[six[p] for p in perm], perm=perm)
+        out = (n, c * bs * bs, h // bs, w // bs)
+        _swap(rw, node, b, [b.Reshape(t, b.const(np.array(out, dtype=np.int64)), dtype=x.dtype, shape=out)])
 
 
 class LpNormalization(Rule):
@@ -307,17 +276,16 @@ class LpNormalization(Rule):
         return matched(p=p, axis=axis % len(x.shape))
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
         kshape = list(x.shape)
         kshape[m["axis"]] = 1
         op = "ReduceL1" if m["p"] == 1 else "ReduceL2"
-        norm = _axes_input(e, graph, [m["axis"]], x, op, x.dtype, kshape)
-        zero = e.const(np.zeros((), dtype=np_dtype(x.dtype)))
-        is_zero = e("Equal", [norm, zero], T.BOOL, kshape)
-        e.replace([e("Where", [is_zero, zero, e("Div", [x, norm], x.dtype, x.shape)], x.dtype, x.shape)])
+        norm = _axes_input(b, [m["axis"]], x, op, x.dtype, kshape)
+        zero = b.const(np.zeros((), dtype=np_dtype(x.dtype)))
+        is_zero = b.Equal(norm, zero, dtype=T.BOOL, shape=kshape)
+        q = b.Div(x, norm, dtype=x.dtype, shape=x.shape)
+        _swap(rw, node, b, [b.Where(is_zero, zero, q, dtype=x.dtype, shape=x.shape)])
 
 
 class ConvTransposeOutputShape(Rule):
@@ -356,13 +324,12 @@ class ConvTransposeOutputShape(Rule):
         return matched(pads=begin + end, output_padding=[p + x for p, x in zip(opad, extra, strict=True)])
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        del node.attributes["output_shape"]
-        node.attributes.pop("auto_pad", None)
-        node.attributes["pads"] = Attr.infer(list(m["pads"]))
+        rw.set_attribute(node, "output_shape", None)
+        if "auto_pad" in node.attributes:
+            rw.set_attribute(node, "auto_pad", None)
+        rw.set_attribute(node, "pads", list(m["pads"]))
         if any(m["output_padding"]):
-            node.attributes["output_padding"] = Attr.infer(list(m["output_padding"]))
+            rw.set_attribute(node, "output_padding", list(m["output_padding"]))
 
 
 class CumProd(Rule):
@@ -388,36 +355,36 @@ class CumProd(Rule):
         return matched(axis=a, n=n)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
         a, n = m["axis"], m["n"]
         exclusive, reverse = int(node.attr("exclusive", 0)), int(node.attr("reverse", 0))
         one_shape = tuple(1 if k == a else d for k, d in enumerate(x.shape))
-        axes = e.const(np.array([a], dtype=np.int64))
+        axes = b.const(np.array([a], dtype=np.int64))
 
         def take(i: int) -> Value:
-            return e("Slice", [x, e.const(np.array([i], dtype=np.int64)), e.const(np.array([i + 1], dtype=np.int64)), axes],
-                     x.dtype, one_shape)
+            start, end = b.const(np.array([i], dtype=np.int64)), b.const(np.array([i + 1], dtype=np.int64))
+            return b.Slice(x, start, end, axes, dtype=x.dtype, shape=one_shape)
 
         order = list(range(n))[::-1] if reverse else list(range(n))
         running: Value | None = None
         parts: dict[int, Value] = {}
         for i in order:
             if exclusive:
-                parts[i] = running if running is not None else e("Identity", [e.const(np.ones(one_shape, dtype=np_dtype(x.dtype)))], x.dtype, one_shape)
+                first = running is None
+                ones = b.const(np.ones(one_shape, dtype=np_dtype(x.dtype))) if first else None
+                parts[i] = b.Identity(ones, dtype=x.dtype, shape=one_shape) if first else running
                 xi = take(i)
-                running = xi if running is None else e("Mul", [running, xi], x.dtype, one_shape)
+                running = xi if running is None else b.Mul(running, xi, dtype=x.dtype, shape=one_shape)
             else:
                 xi = take(i)
-                running = xi if running is None else e("Mul", [running, xi], x.dtype, one_shape)
+                running = xi if running is None else b.Mul(running, xi, dtype=x.dtype, shape=one_shape)
                 parts[i] = running
         seq = [parts[i] for i in range(n)]
-        y = seq[0] if n == 1 else e("Concat", seq, x.dtype, x.shape, axis=a)
-        if y.producer is None or y.producer not in e.nodes:
-            y = e("Identity", [y], x.dtype, x.shape)
-        e.replace([y])
+        y = seq[0] if n == 1 else b.op("Concat", seq, {"axis": a}, dtype=x.dtype, shape=x.shape)
+        if y.producer is None or y.producer not in b.nodes:
+            y = b.Identity(y, dtype=x.dtype, shape=x.shape)
+        _swap(rw, node, b, [y])
 
 
 class OneHot(Rule):
@@ -438,25 +405,24 @@ class OneHot(Rule):
         return matched(depth=int(np.asarray(d).reshape(-1)[0]), axis=axis % rank)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         indices, values = node.inputs[0], node.inputs[2]
         d, a = m["depth"], m["axis"]
         out = node.outputs[0]
-        idx = indices if indices.dtype == T.INT64 else e("Cast", [indices], T.INT64, indices.shape, to=T.INT64)
-        neg = e("Less", [idx, e.const(np.array(0, np.int64))], T.BOOL, indices.shape)
-        idx = e("Where", [neg, e("Add", [idx, e.const(np.array(d, np.int64))], T.INT64, indices.shape), idx], T.INT64, indices.shape)
+        idx = indices if indices.dtype == T.INT64 else b.Cast(indices, dtype=T.INT64, shape=indices.shape, to=T.INT64)
+        neg = b.Less(idx, b.const(np.array(0, np.int64)), dtype=T.BOOL, shape=indices.shape)
+        wrapped = b.Add(idx, b.const(np.array(d, np.int64)), dtype=T.INT64, shape=indices.shape)
+        idx = b.Where(neg, wrapped, idx, dtype=T.INT64, shape=indices.shape)
         shape1 = (*indices.shape[:a], 1, *indices.shape[a:])
-        if _opset(graph) >= 13:
-            idx = e("Unsqueeze", [idx, e.const(np.array([a], np.int64))], T.INT64, shape1)
+        if _opset(b.graph) >= 13:
+            idx = b.Unsqueeze(idx, b.const(np.array([a], np.int64)), dtype=T.INT64, shape=shape1)
         else:
-            idx = e("Unsqueeze", [idx], T.INT64, shape1, axes=[a])
+            idx = b.Unsqueeze(idx, dtype=T.INT64, shape=shape1, axes=[a])
         positions = np.arange(d, dtype=np.int64).reshape([d if k == a else 1 for k in range(len(shape1))])
-        hit = e("Equal", [idx, e.const(positions)], T.BOOL, out.shape)
-        off = e("Gather", [values, e.const(np.array(0, np.int64))], values.dtype, (), axis=0)
-        on = e("Gather", [values, e.const(np.array(1, np.int64))], values.dtype, (), axis=0)
-        e.replace([e("Where", [hit, on, off], values.dtype, out.shape)])
+        hit = b.Equal(idx, b.const(positions), dtype=T.BOOL, shape=out.shape)
+        off = b.Gather(values, b.const(np.array(0, np.int64)), dtype=values.dtype, shape=(), axis=0)
+        on = b.Gather(values, b.const(np.array(1, np.int64)), dtype=values.dtype, shape=(), axis=0)
+        _swap(rw, node, b, [b.Where(hit, on, off, dtype=values.dtype, shape=out.shape)])
 
 
 _INDEX_TYPES = {T.INT8, T.INT16, T.INT32, T.INT64, T.UINT8, T.UINT16, T.UINT32, T.FLOAT, T.DOUBLE, T.FLOAT16}
@@ -482,18 +448,16 @@ class PadRuntimeValue(Rule):
         return matched(shape=shape)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x, pads, value = node.inputs[0], node.inputs[1], node.inputs[2]
         axes = node.inputs[3:4] if len(node.inputs) > 3 else []
         out = node.outputs[0]
-        zero = e.const(np.zeros((), dtype=np_dtype(x.dtype)))
-        padded = e("Pad", [x, pads, zero, *axes], x.dtype, out.shape, mode="constant")
-        inside = e("ConstantOfShape", [e.const(np.array(m["shape"], np.int64))], T.BOOL, m["shape"],
-                   value=np.zeros(1, dtype=bool))
-        outside = e("Pad", [inside, pads, e.const(np.array(True)), *axes], T.BOOL, out.shape, mode="constant")
-        e.replace([e("Where", [outside, value, padded], x.dtype, out.shape)])
+        zero = b.const(np.zeros((), dtype=np_dtype(x.dtype)))
+        padded = b.Pad(x, pads, zero, *axes, dtype=x.dtype, shape=out.shape, mode="constant")
+        inside = b.ConstantOfShape(b.const(np.array(m["shape"], np.int64)), dtype=T.BOOL, shape=m["shape"],
+                                   value=np.zeros(1, dtype=bool))
+        outside = b.Pad(inside, pads, b.const(np.array(True)), *axes, dtype=T.BOOL, shape=out.shape, mode="constant")
+        _swap(rw, node, b, [b.Where(outside, value, padded, dtype=x.dtype, shape=out.shape)])
 
 
 class ReduceBool(Rule):
@@ -507,15 +471,12 @@ class ReduceBool(Rule):
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x = node.inputs[0]
         out = node.outputs[0]
-        xu = e("Cast", [x], T.UINT8, x.shape, to=T.UINT8)  # max = any, min = all; the empty set's identities too
-        red = e(node.op_type, [xu, *node.inputs[1:]], T.UINT8, out.shape,
-                **{k: a.value for k, a in node.attributes.items()})
-        e.replace([e("Cast", [red], T.BOOL, out.shape, to=T.BOOL)])
+        xu = b.Cast(x, dtype=T.UINT8, shape=x.shape, to=T.UINT8)  # max = any, min = all; the empty set's identities too
+        red = b.op(node.op_type, [xu, *node.inputs[1:]], dict(node.attributes), dtype=T.UINT8, shape=out.shape)
+        _swap(rw, node, b, [b.Cast(red, dtype=T.BOOL, shape=out.shape, to=T.BOOL)])
 
 
 class ReduceExtremeInfinity(Rule):
@@ -537,27 +498,17 @@ class ReduceExtremeInfinity(Rule):
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
         x, out = node.inputs[0], node.outputs[0]
-        e = _Emit(graph, node)
+        b = _builder(node)
         inf = np.array(-np.inf if node.op_type == "ReduceMax" else np.inf, dtype=np_dtype(x.dtype))
-        differs = e("Not", [e("Equal", [x, e.const(inf)], T.BOOL, x.shape)], T.BOOL, x.shape)
-        seen = e("ReduceMax", [e("Cast", [differs], T.UINT8, x.shape, to=T.UINT8), *node.inputs[1:]], T.UINT8, out.shape,
-                 **{k: a.value for k, a in node.attributes.items()})
-        seen = e("Cast", [seen], T.BOOL, out.shape, to=T.BOOL)
-        graph.insert_after(node, e.nodes)
-        fixed = Value(graph.fresh_name(f"{e.prefix}_fixed"), out.dtype, out.shape)
-        where = Node("", "Where", [seen, out, e.const(inf)], outputs=[fixed], name=graph.fresh_name(f"{node.name}_fixinf"))
-        graph.insert_after(e.nodes[-1], where)
-        users = [(u, i) for u, i in out.uses if u is not where]
-        for u, i in users:
-            u.replace_input(i, fixed)
-        if graph.is_graph_output(out):
-            name = out.name
-            out.name = graph.fresh_name(name + "_unfixed")
-            fixed.name = name
-            graph.outputs = [fixed if v is out else v for v in graph.outputs]
+        differs = b.Not(b.Equal(x, b.const(inf), dtype=T.BOOL, shape=x.shape), dtype=T.BOOL, shape=x.shape)
+        count = b.Cast(differs, dtype=T.UINT8, shape=x.shape, to=T.UINT8)
+        seen = b.op("ReduceMax", [count, *node.inputs[1:]], dict(node.attributes), dtype=T.UINT8, shape=out.shape)
+        seen = b.Cast(seen, dtype=T.BOOL, shape=out.shape, to=T.BOOL)
+        fix = Builder(b.graph, f"{node.name}_fixinf")  # the name `check` knows a fixed reduction by
+        fixed = fix.op("Where", [seen, out, b.const(inf)], dtype=out.dtype, shape=out.shape)
+        rw.insert_after(node, [*b.nodes, *fix.nodes])
+        rw.replace_uses(out, fixed, keep=fix.nodes[0])
 
 
 class FloatMod(Rule):
@@ -575,18 +526,17 @@ class FloatMod(Rule):
         return matched()
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        e = _Emit(graph, node)
+        b = _builder(node)
         x, y = node.inputs[0], node.inputs[1]
         out = node.outputs[0]
         dt, shape = out.dtype, out.shape
-        r = e("Mod", [x, y], dt, shape, fmod=1)
-        zero = e.const(np.zeros((), dtype=np_dtype(x.dtype)))
-        nonzero = e("Not", [e("Equal", [r, zero], T.BOOL, shape)], T.BOOL, shape)
-        differ = e("Xor", [e("Less", [r, zero], T.BOOL, shape), e("Less", [y, zero], T.BOOL, y.shape)], T.BOOL, shape)
-        fix = e("And", [nonzero, differ], T.BOOL, shape)
-        e.replace([e("Where", [fix, e("Add", [r, y], dt, shape), r], dt, shape)])
+        r = b.Mod(x, y, dtype=dt, shape=shape, fmod=1)
+        zero = b.const(np.zeros((), dtype=np_dtype(x.dtype)))
+        nonzero = b.Not(b.Equal(r, zero, dtype=T.BOOL, shape=shape), dtype=T.BOOL, shape=shape)
+        r_neg, y_neg = b.Less(r, zero, dtype=T.BOOL, shape=shape), b.Less(y, zero, dtype=T.BOOL, shape=y.shape)
+        differ = b.Xor(r_neg, y_neg, dtype=T.BOOL, shape=shape)
+        fix = b.And(nonzero, differ, dtype=T.BOOL, shape=shape)
+        _swap(rw, node, b, [b.Where(fix, b.Add(r, y, dtype=dt, shape=shape), r, dtype=dt, shape=shape)])
 
 
 @register
