@@ -29,15 +29,18 @@ import lepton_ir
 import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
+from lepton.codegen.lowering import lowering_passes
 from lepton.codegen.provenance import Provenance
+from lepton.codegen.tuning_databases import fingerprint
 from lepton.errors import CodegenError, UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
-from lepton.tuning import fingerprint
+from lepton.torch_export import export_torch
 from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
 from lepton_ir import Graph, UserError
-from lepton_ir.types import dtype_name
+from lepton_ir.types import dtype_name, np_dtype
 from passes import PassManager, PipelineResult
+from passes.base import parse_pipeline
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
@@ -98,7 +101,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     say = progress or (lambda _msg: None)
     tgt = targets.resolve(target)
     say("importing the model")
-    graph = _import(model, example_inputs)
+    graph = import_model(model, example_inputs)
     reference = lepton_ir.to_onnx(graph)
     samples = Samples(graph, verify_inputs, verify_samples)
     use_cache = use_cache and not samples.given  # a cached artifact's bundle would hold another compile's sample
@@ -177,9 +180,6 @@ def optimize_for(
     graph: Graph, tgt: targets.Target, passes: str | None = None, instruments: Sequence[object] = ()
 ) -> PipelineResult:
     """Run the target's pipeline (or `passes`) and the codegen lowering passes, to a fixed point."""
-    from lepton.codegen.lowering import lowering_passes
-    from passes.base import parse_pipeline
-
     pipeline = parse_pipeline(passes if passes is not None else tgt.pipeline)
     return PassManager([*pipeline, *lowering_passes()], instruments=instruments).run(graph)
 
@@ -220,12 +220,11 @@ def _finish(
     return Compiled(path, tgt, manifest, module, manifest.passes, report, cached, time.perf_counter() - t0)
 
 
-def _import(model: ModelLike, example_inputs: Sequence[Any] | None) -> Graph:
+def import_model(model: ModelLike, example_inputs: Sequence[Any] | None) -> Graph:
+    """A fresh graph of `model` (never the caller's graph itself); a torch module is exported with `example_inputs`."""
     if isinstance(model, Graph):
         return lepton_ir.load(lepton_ir.to_onnx(model))  # never change the caller's graph
     if _is_torch_module(model):
-        from lepton.torch_export import export_torch
-
         return lepton_ir.load(export_torch(model, example_inputs))
     if isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto)):
         return lepton_ir.load(model)
@@ -247,16 +246,16 @@ def _model_name(model: ModelLike) -> str:
 
 def _pass_log(log: PipelineResult) -> list[dict[str, Any]]:
     return [
-        {"pass": r.name, "iteration": r.iteration, "modified": r.modified, "seconds": round(r.seconds, 6),
-         "nodes_before": r.nodes_before, "nodes_after": r.nodes_after, "stats": dict(r.stats)}
+        {"pass": r.name, "stage": r.stage, "iteration": r.iteration, "modified": r.modified,
+         "seconds": round(r.seconds, 6), "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
+         "stats": dict(r.stats),
+         "rules": {k: {"tried": v.tried, "matched": v.matched, "seconds": round(v.seconds, 6)} for k, v in r.rules.items()}}
         for r in log.records
     ]
 
 
 def _placeholder_inputs(graph: Graph) -> dict[str, np.ndarray]:
     """Zeros of each input's dtype and shape (symbolic dims 1) for an artifact without a real bundle."""
-    from lepton_ir.types import np_dtype
-
     return {v.name: np.zeros([d if isinstance(d, int) else 1 for d in v.shape or ()], np_dtype(v.dtype))
             for v in graph.inputs}
 

@@ -39,6 +39,27 @@ def pass_table(result: Optimized) -> Table:
     return table
 
 
+def rule_table(records: list[dict[str, Any]]) -> Table | None:
+    """Per rewrite rule that fired (manifest-form pass log): its pass, nodes it was tried on, times
+    it fired, time spent. None when no rule fired."""
+    rows: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        for rule, st in r.get("rules", {}).items():
+            acc = rows.setdefault((r["pass"], rule), [0, 0, 0.0])
+            acc[0] += st["tried"]
+            acc[1] += st["matched"]
+            acc[2] += st["seconds"]
+    fired = {k: v for k, v in rows.items() if v[1]}
+    if not fired:
+        return None
+    table = Table(title="rewrite rules that fired", title_justify="left")
+    for col in ("pass", "rule", "tried", "fired", "ms"):
+        table.add_column(col, justify="right" if col in ("tried", "fired", "ms") else "left", no_wrap=True)
+    for (pname, rule), (tried, hits, secs) in fired.items():
+        table.add_row(pname, rule, str(int(tried)), str(int(hits)), f"{secs * 1e3:.1f}")
+    return table
+
+
 def pass_json(result: Optimized) -> dict[str, Any]:
     """The same information for machines, plus the full per-run log."""
     return {
@@ -60,6 +81,9 @@ def compile_summary(out: Console, result: Any) -> None:
         highlight=False,
     )
     out.print(log_table(result.passes))
+    rules = rule_table(result.passes)
+    if rules is not None:
+        out.print(rules)
     files = Table(title=f"artifact {result.path}", title_justify="left")
     files.add_column("file")
     files.add_column("bytes", justify="right")

@@ -252,3 +252,17 @@ def test_the_manager_runs_cleanup_stages_to_a_fixed_point_and_one_shot_passes_on
     assert [n.op_type for n in g] == ["Relu"]
     fusion = next(row for row in res.summary() if row["pass"] == "test-fusion")
     assert fusion["rules"]["relu-relu"]["matched"] == 1
+
+
+def test_per_rule_counts_reach_the_manifest_and_the_report(tmp_path) -> None:
+    import lepton
+    from lepton.report import rule_table
+    from rich.console import Console
+
+    m = model([oh.make_node("Relu", ["x"], ["r1"]), oh.make_node("Relu", ["r1"], ["y"])])
+    res = lepton.compile(m, "x86", passes="test-fusion", output_dir=str(tmp_path / "a"), use_cache=False)
+    (rec,) = [r for r in res.manifest.passes if r["pass"] == "test-fusion" and r["modified"]]
+    assert rec["rules"]["relu-relu"]["matched"] == 1 and rec["rules"]["relu-relu"]["tried"] >= 1
+    console = Console(record=True, width=120)
+    console.print(rule_table(res.manifest.passes))
+    assert "relu-relu" in console.export_text()
