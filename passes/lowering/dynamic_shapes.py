@@ -36,21 +36,23 @@ from typing import ClassVar
 import numpy as np
 import onnx
 
-from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.types import Dim, np_dtype
 
 from passes.base import register
-from passes.rewrite import Match, RewritePass, Rule, can_replace_value, constant_value, failed, matched, replace_value
+from passes.rewrite import Match, RewritePass, Rule, failed, matched
+
+I64 = onnx.TensorProto.INT64
 
 
 def _opset(graph: Graph) -> int:
     return graph.root().opset_imports.get("", 1)
 
 
-def _dead(node: Node, graph: Graph) -> bool:
-    out = node.outputs[0]
-    return not out.uses and not graph.is_graph_output(out)
+def _dead(node: Node) -> bool:
+    return not node.outputs[0].is_used()
 
 
 def _static(d: Dim) -> bool:
@@ -64,7 +66,7 @@ class ExpandTargetFromInput(Rule):
     op_types = ("Expand",)
 
     def check(self, node: Node, graph: Graph) -> Match:
-        if _dead(node, graph):
+        if _dead(node):
             return failed("nothing reads the output (eliminate-dead-code's job)")
         if len(node.inputs) < 2 or node.inputs[0] is None or node.inputs[1] is None:
             return failed("Expand without a shape input")
@@ -94,28 +96,23 @@ class ExpandTargetFromInput(Rule):
             return failed("no symbolic dim of the data input sits under a 1 of the target")
         noop = n == r and all(e == ("dim", i) or (e[0] == "const" and _static(x.shape[i]) and e[1] == x.shape[i])
                               for i, e in enumerate(entries))
-        noop = noop and can_replace_value(graph, node.outputs[0], x)
         return matched(entries=entries, noop=noop)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
         x = node.inputs[0]
-        assert x is not None
+        assert x is not None and node.graph is not None
         if m["noop"]:
-            replace_value(graph, node.outputs[0], x)
+            rw.replace_uses(node.outputs[0], x)  # the Expand is left dead, for eliminate-dead-code
             return
-        opset = _opset(graph)
-        prefix = node.name or "expand"
-        shape = Node("", "Shape", [x], outputs=[Value(graph.fresh_name(f"{prefix}_shape"), onnx.TensorProto.INT64, (len(x.shape),))],
-                     name=graph.fresh_name(f"{prefix}_Shape"))
-        new = [shape]
+        b = Builder(node.graph, node.name or "expand")
+        opset = _opset(node.graph)
+        shape = b.Shape(x, shape=(len(x.shape),))
         parts: list[Value] = []
         consts: list[int] = []
 
         def flush() -> None:
             if consts:
-                parts.append(graph.add_constant(np.array(consts, dtype=np.int64), f"{prefix}_dims"))
+                parts.append(b.const(np.array(consts, dtype=np.int64), "dims"))
                 consts.clear()
 
         for kind, v in m["entries"]:
@@ -123,27 +120,19 @@ class ExpandTargetFromInput(Rule):
                 consts.append(v)
                 continue
             flush()
-            g = Node("", "Gather", [shape.outputs[0], graph.add_constant(np.array(v, dtype=np.int64), f"{prefix}_dim")],
-                     {"axis": 0}, outputs=[Value(graph.fresh_name(f"{prefix}_dim"), onnx.TensorProto.INT64, ())],
-                     name=graph.fresh_name(f"{prefix}_Gather"))
-            u = _unsqueeze0(graph, g.outputs[0], opset, prefix)
-            new += [g, u]
-            parts.append(u.outputs[0])
+            dim = b.Gather(shape, b.const(np.array(v, dtype=np.int64), "dim"), shape=(), axis=0)
+            parts.append(_unsqueeze0(b, dim, opset))
         flush()
-        cat = Node("", "Concat", parts, {"axis": 0},
-                   outputs=[Value(graph.fresh_name(f"{prefix}_target"), onnx.TensorProto.INT64, (len(m["entries"]),))],
-                   name=graph.fresh_name(f"{prefix}_Concat"))
-        new.append(cat)
-        graph.insert_before(node, new)
-        node.replace_input(1, cat.outputs[0])
+        target = b.Concat(*parts, dtype=I64, shape=(len(m["entries"]),), axis=0)
+        rw.insert_before(node, b.nodes)
+        rw.set_input(node, 1, target)
 
 
-def _unsqueeze0(graph: Graph, v: Value, opset: int, prefix: str) -> Node:
-    out = Value(graph.fresh_name(f"{prefix}_dim1"), v.dtype, (1,))
+def _unsqueeze0(b: Builder, v: Value, opset: int) -> Value:
+    """`v` (a scalar) as a 1-element tensor."""
     if opset >= 13:
-        return Node("", "Unsqueeze", [v, graph.add_constant(np.array([0], dtype=np.int64), f"{prefix}_axes")],
-                    outputs=[out], name=graph.fresh_name(f"{prefix}_Unsqueeze"))
-    return Node("", "Unsqueeze", [v], {"axes": [0]}, outputs=[out], name=graph.fresh_name(f"{prefix}_Unsqueeze"))
+        return b.Unsqueeze(v, b.const(np.array([0], dtype=np.int64), "axes"), shape=(1,))
+    return b.Unsqueeze(v, shape=(1,), axes=[0])
 
 
 #: Ops through which a non-negative scalar computed from dims stays one (and the frontend keeps
@@ -181,7 +170,7 @@ class RangeFromDims(Rule):
     op_types = ("Range",)
 
     def check(self, node: Node, graph: Graph) -> Match:
-        if _dead(node, graph):
+        if _dead(node):
             return failed("nothing reads the output (eliminate-dead-code's job)")
         if _opset(graph) < 14:
             return failed("TVM converts CumSum from opset 14")
@@ -212,33 +201,19 @@ class RangeFromDims(Rule):
         return matched(count=count, dtype=dt)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        prefix = node.name or "range"
+        assert node.graph is not None
+        b = Builder(node.graph, node.name or "range")
         count: Value = m["count"]
         dt: np.dtype = m["dtype"]
-        new: list[Node] = []
-        if count.dtype != onnx.TensorProto.INT64:
-            cast = Node("", "Cast", [count], {"to": onnx.TensorProto.INT64},
-                        outputs=[Value(graph.fresh_name(f"{prefix}_n"), onnx.TensorProto.INT64, ())],
-                        name=graph.fresh_name(f"{prefix}_Cast"))
-            new.append(cast)
-            count = cast.outputs[0]
-        u = _unsqueeze0(graph, count, _opset(graph), prefix)
+        if count.dtype != I64:
+            count = b.Cast(count, shape=(), to=I64)
         out = node.outputs[0]
         length = out.shape[0] if out.shape else None
-        ones = Node("", "ConstantOfShape", [u.outputs[0]], {"value": np.ones(1, dtype=dt)},
-                    outputs=[Value(graph.fresh_name(f"{prefix}_ones"), out.dtype, (length,))],
-                    name=graph.fresh_name(f"{prefix}_ConstantOfShape"))
-        csum = Node("", "CumSum", [ones.outputs[0], graph.add_constant(np.array(0, dtype=np.int64), f"{prefix}_axis")],
-                    outputs=[Value(graph.fresh_name(f"{prefix}_cumsum"), out.dtype, (length,))],
-                    name=graph.fresh_name(f"{prefix}_CumSum"))
-        sub = Node("", "Sub", [csum.outputs[0], graph.add_constant(np.array(1, dtype=dt), f"{prefix}_one")],
-                   outputs=[Value(graph.fresh_name(f"{prefix}_range"), out.dtype, out.shape)],
-                   name=graph.fresh_name(f"{prefix}_Sub"))
-        new += [u, ones, csum, sub]
-        graph.insert_before(node, new)
-        replace_value(graph, out, sub.outputs[0])
+        ones = b.ConstantOfShape(_unsqueeze0(b, count, _opset(node.graph)), dtype=out.dtype, shape=(length,),
+                                 value=np.ones(1, dtype=dt))
+        csum = b.CumSum(ones, b.const(np.array(0, dtype=np.int64), "axis"), dtype=out.dtype, shape=(length,))
+        r = b.Sub(csum, b.const(np.array(1, dtype=dt), "one"), dtype=out.dtype, shape=out.shape)
+        rw.replace([node], b.nodes, {out: r})
 
 
 @register
