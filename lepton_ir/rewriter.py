@@ -110,12 +110,9 @@ class Rewriter:
         self._emit(Event.ERASE, node)
         node.graph.remove(node)
 
-    def can_replace_uses(self, old: Value, new: Value) -> str | None:
-        """Why `replace_uses(old, new)` would be wrong, or None: `new` must not be `old`'s own reader."""
-        for user in old.users():
-            if new.producer is user:
-                return f"{new.name!r} is computed from {old.name!r} by {user.name!r} (a cycle)"
-        return None
+    def can_replace_uses(self, old: Value, new: Value, *, allow_identity: bool = True) -> str | None:
+        """Why `replace_uses(old, new)` would be wrong, or None (see `replace_uses_problem`)."""
+        return replace_uses_problem(old, new, allow_identity=allow_identity)
 
     def replace_uses(self, old: Value, new: Value, *, keep: Node | None = None) -> None:
         """Make every reader of `old` read `new`, graph-output slots included (names kept stable).
@@ -140,7 +137,8 @@ class Rewriter:
             return new.producer is not None and new.producer.graph is g
 
         # `new`'s own graph first (it takes the name there), then the main graph (whose names callers see)
-        for g in sorted(old.graph_outputs, key=lambda g: (not home(g), g.parent is not None)):
+        graphs = dict.fromkeys(old.graph_outputs)  # a graph listing `old` twice is handled once
+        for g in sorted(graphs, key=lambda g: (not home(g), g.parent is not None)):
             if old.name == name:
                 old.name = g.fresh_name(f"{name}_replaced")
             if not named and home(g) and not new.graph_outputs:
@@ -155,6 +153,18 @@ class Rewriter:
             node = Node("", "Identity", [new], outputs=[carry], name=g.fresh_name(f"{name}_identity"))
             self.append(g, node)
             g.outputs = [carry if v is old else v for v in g.outputs]
+
+    def erase_initializer(self, graph: Graph, value: Value) -> None:
+        """Drop initializer `value` from `graph`; refuses (IRError, graph untouched) while it is read,
+        is a graph output, or is an (overridable) input of `graph`."""
+        if graph.initializers.get(value.name) is not value:
+            raise IRError(f"{value.name!r} is not an initializer of graph {graph.name!r}")
+        if value.is_used():
+            where = ", ".join(repr(n.name) for n in value.users()) or f"graph {value.graph_outputs[0].name!r}"
+            raise IRError(f"cannot erase initializer {value.name!r}: it is still used by {where}")
+        if graph.is_graph_input(value):
+            raise IRError(f"cannot erase initializer {value.name!r}: it is an input of graph {graph.name!r}")
+        del graph.initializers[value.name]
 
     # ----- the structural edit ------------------------------------------------------------
     def check_replace(self, old_nodes: Sequence[Node], value_map: Mapping[Value, Value | None],
@@ -292,6 +302,32 @@ class Builder:
 
 
 # ----- helpers ------------------------------------------------------------------------------
+
+
+def replace_uses_problem(old: Value, new: Value, *, allow_identity: bool = True) -> str | None:
+    """Why `Rewriter.replace_uses(old, new)` would be wrong, or None.
+
+    Wrong: `new` is computed from `old` (a cycle). With `allow_identity=False` also when a
+    graph-output slot of `old` would need an `Identity` to carry its name because `new` cannot
+    take the name over (a graph input, an initializer, already a graph output, a value of
+    another graph, or `old` is an output of more than one graph): rules whose point is to
+    remove a node ask this way, so they never trade the node for an Identity.
+    """
+    if old is new:
+        return None
+    for user in old.users():
+        if new.producer is user:
+            return f"{new.name!r} is computed from {old.name!r} by {user.name!r} (a cycle)"
+    if allow_identity:
+        return None
+    graphs = list(dict.fromkeys(old.graph_outputs))
+    if len(graphs) > 1:
+        return f"{old.name!r} is an output of {len(graphs)} graphs; {new.name!r} can take over the name in one only"
+    if graphs and not (new.producer is not None and new.producer.graph is graphs[0] and not new.graph_outputs):
+        return (f"{old.name!r} is an output of graph {graphs[0].name!r} and {new.name!r} cannot take over its name "
+                "(a graph input, an initializer, another output or a value of another graph)")
+    return None
+
 
 
 def replace_problem(old_nodes: Sequence[Node], value_map: Mapping[Value, Value | None], new_nodes: Sequence[Node] = (),

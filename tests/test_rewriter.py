@@ -222,6 +222,51 @@ def test_builder_types_where_by_its_branches() -> None:
     assert b.Where(cond, ints, ints).dtype == T.INT64
 
 
+def test_can_replace_uses_without_identity_says_when_the_name_cannot_move() -> None:
+    g, x, (a, b, c) = chain()
+    rw = Rewriter()
+    y = c.outputs[0]
+    assert rw.can_replace_uses(y, x) is None  # allowed: an Identity would carry the name
+    assert "cannot take over its name" in rw.can_replace_uses(y, x, allow_identity=False)
+    assert rw.can_replace_uses(y, b.outputs[0], allow_identity=False) is None  # a node output of g can
+    assert rw.can_replace_uses(b.outputs[0], x, allow_identity=False) is None  # not a graph output
+    assert "a cycle" in rw.can_replace_uses(a.outputs[0], b.outputs[0], allow_identity=False)
+    g.outputs = (y, b.outputs[0])
+    assert "cannot take over" in rw.can_replace_uses(y, b.outputs[0], allow_identity=False)  # already an output
+
+
+def test_replace_uses_of_a_value_listed_twice_among_the_outputs_moves_both_slots_once() -> None:
+    g, x, (a, b, c) = chain()
+    y = c.outputs[0]
+    g.outputs = (y, y)
+    rw = Rewriter()
+    rw.replace_uses(y, b.outputs[0])
+    rw.erase(c)
+    lepton_ir.verify(g)
+    assert g.outputs == (b.outputs[0], b.outputs[0]) and b.outputs[0].name == "y"
+    assert [n.op_type for n in g] == ["Relu", "Neg"]  # no stray Identity
+
+
+def test_erase_initializer_refuses_a_read_or_input_initializer() -> None:
+    g, x, (a, b, c) = chain()
+    w = Builder(g, "w").const(np.ones(3, np.float32))
+    add = Node("", "Add", [a.outputs[0], w], name="add")
+    Rewriter().insert_after(a, add)
+    rw = Rewriter()
+    with pytest.raises(IRError, match="still used by 'add'"):
+        rw.erase_initializer(g, w)
+    rw.erase(add)
+    g.inputs.append(w)
+    with pytest.raises(IRError, match="an input of graph"):
+        rw.erase_initializer(g, w)
+    g.inputs.remove(w)
+    rw.erase_initializer(g, w)
+    assert w.name not in g.initializers
+    with pytest.raises(IRError, match="not an initializer"):
+        rw.erase_initializer(g, w)
+    lepton_ir.verify(g)
+
+
 # ----- properties ----------------------------------------------------------------------------
 
 
