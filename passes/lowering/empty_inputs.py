@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from lepton_ir import Graph
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.types import np_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
@@ -34,6 +35,7 @@ class FoldEmptyInputs(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         folded = 0
+        rw = Rewriter()
         for v in graph.inputs:
             shape = static_shape(v)
             if shape is None or 0 not in shape or v.dtype is None or not v.uses or v.const_value is not None:
@@ -44,7 +46,8 @@ class FoldEmptyInputs(Pass):
                 continue
             if dtype.hasobject:
                 continue
-            empty = graph.add_constant(np.zeros(shape, dtype=dtype), f"{v.name}_empty")
-            v.replace_all_uses_with(empty)
+            empty = Builder(graph, v.name).const(np.zeros(shape, dtype=dtype), "empty")
+            for user, i in v.uses:  # readers only: a graph output that is the input stays the input
+                rw.set_input(user, i, empty)
             folded += 1
         return PassResult(folded > 0, {"folded": folded} if folded else {})
