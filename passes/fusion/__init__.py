@@ -4,3 +4,5 @@ Importing this package registers every fusion pass. Fused ops that ONNX defines 
 standard ONNX; the others are ops onnxruntime also runs (its com.microsoft contrib ops) or
 lepton-domain ops with ONNX function bodies, so every intermediate graph runs in onnxruntime.
 """
+
+from passes.fusion import batchnorm  # noqa: F401 - registers fuse-batchnorm
