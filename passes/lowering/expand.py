@@ -39,7 +39,7 @@ Invariants:
 from __future__ import annotations
 
 import functools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -52,9 +52,9 @@ from onnx import helper
 from lepton_ir import Graph, Node, Value
 from lepton_ir.exporter import ProtoWriter, value_info
 from lepton_ir.importer import GraphBuilder
+from lepton_ir.rewriter import Event, Rewriter
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners
 
 #: Bound on nested expansion (a body op that is itself a function op, and so on).
 MAX_DEPTH = 8
@@ -96,32 +96,14 @@ class ExpandFunctions(Pass):
         opset = graph.root().opset_imports.get("")
         if opset is None:
             return PassResult(False, {})
-        stats: Counter[str] = Counter()
-        bodies: dict[bytes, _Body | str] = {}
-        skipped: set[int] = set()
-        total = 0
-        for _ in range(MAX_DEPTH):  # one level of nesting per round
-            owners = output_owners(graph)
-            expanded = 0
-            for g in list(graph.all_graphs()):
-                for node in g:
-                    if node.domain or id(node) in skipped or not self.selects(node.op_type):
-                        continue
-                    schema = function_schema(node.op_type, opset)
-                    if schema is None:
-                        continue
-                    body = _body_for(schema, node, opset, bodies)
-                    if isinstance(body, str):
-                        skipped.add(id(node))
-                        stats[f"skipped_{body}"] += 1
-                        continue
-                    _splice(g, node, body, owners)
-                    stats[node.op_type] += 1
-                    expanded += 1
-            total += expanded
-            if not expanded:
-                break
-        return PassResult(total > 0, dict(stats))
+        stats = expand_selected(
+            graph, opset,
+            lambda n: not n.domain and self.selects(n.op_type) and function_schema(n.op_type, opset) is not None,
+            lambda n: function_schema(n.op_type, opset),
+            depth=MAX_DEPTH,
+        )
+        expanded = sum(v for k, v in stats.items() if not k.startswith("skipped_"))
+        return PassResult(expanded > 0, dict(stats))
 
 
 # ----- finding and instantiating bodies ---------------------------------------------------
@@ -297,7 +279,7 @@ def _infer(model: onnx.ModelProto) -> dict[str, onnx.TypeProto] | None:
 # ----- splicing a body into the graph -----------------------------------------------------
 
 
-def _splice(g: Graph, node: Node, body: _Body, owners: dict[int, list[Graph]]) -> None:
+def _splice(rw: Rewriter, g: Graph, node: Node, body: _Body) -> None:
     """Replace `node` in `g` by fresh copies of `body`'s nodes; its outputs keep names and types."""
     builder = GraphBuilder({}, body.types)
     scope: dict[str, Value] = {f: v for f, v in zip(body.inputs, node.inputs, strict=False) if f and v is not None}
@@ -312,48 +294,47 @@ def _splice(g: Graph, node: Node, body: _Body, owners: dict[int, list[Graph]]) -
         for sub in bn.subgraphs():
             _rename(g, sub, node.name)
         new_nodes.append(bn)
-    g.insert_before(node, new_nodes)
-    pairs = [(out, scope[f]) for out, f in zip(node.outputs, body.outputs, strict=False) if f and out.name]
-    take_over_outputs(g, node, pairs, owners)
-
-
-def take_over_outputs(g: Graph, node: Node, pairs: Sequence[tuple[Value, Value]], owners: dict[int, list[Graph]]) -> None:
-    """Remove `node` from `g`, each `(out, new)` pair's `new` taking over `out`: its readers, the graph-output
-    slots it fills (`owners`, from `output_owners`), its name, and its known dtype/shape."""
-    for out, new in pairs:
-        new.dtype = out.dtype if out.dtype is not None else new.dtype
-        new.shape = out.shape if out.shape is not None else new.shape
-        out.replace_all_uses_with(new)
-        for h in owners.get(id(out), ()):
-            h.outputs = [new if v is out else v for v in h.outputs]
-    g.remove(node)
-    for out, new in pairs:
-        new.name = out.name
+    value_map = {out: scope[f] for out, f in zip(node.outputs, body.outputs, strict=False) if f and out.name}
+    rw.replace([node], new_nodes, value_map, inherit=True)
 
 
 def expand_selected(
-    graph: Graph, opset: int, selects: Callable[[Node], bool], schema_of: Callable[[Node], onnx.defs.OpSchema | None]
+    graph: Graph, opset: int, selects: Callable[[Node], bool], schema_of: Callable[[Node], onnx.defs.OpSchema | None],
+    *, depth: int = 1,
 ) -> Counter[str]:
-    """One sweep over every graph: each node `selects` accepts is replaced by the function body of `schema_of(node)`.
+    """Replace every node `selects` accepts (in every graph) by the function body of `schema_of(node)`.
 
+    The nodes of an inlined body (and of its subgraphs) are offered to `selects` again, up to
+    `depth` levels of nesting (1: only the graph's own nodes). Each node is considered once.
     Returns per-op expansion counts and `skipped_<reason>` counts (no schema or body: `skipped_no_body`)."""
     stats: Counter[str] = Counter()
-    owners = None
     cache: dict[bytes, _Body | str] = {}
-    for g in list(graph.all_graphs()):
-        for node in list(g):
-            if node.graph is not g or not selects(node):
-                continue
-            schema = schema_of(node)
-            body = _body_for(schema, node, opset, cache) if schema is not None else "no_body"
-            if isinstance(body, str):
-                stats[f"skipped_{body}"] += 1
-                continue
-            if owners is None:
-                owners = output_owners(graph)
-            _splice(g, node, body, owners)
-            stats[node.op_type] += 1
+    work: deque[tuple[Node, int]] = deque((n, 0) for g in graph.all_graphs() for n in g)
+    inserted: list[Node] = []
+    rw = Rewriter(lambda event, n: inserted.append(n) if event is Event.INSERT else None)
+    while work:
+        node, level = work.popleft()
+        g = node.graph
+        if g is None or not selects(node):
+            continue
+        schema = schema_of(node)
+        body = _body_for(schema, node, opset, cache) if schema is not None else "no_body"
+        if isinstance(body, str):
+            stats[f"skipped_{body}"] += 1
+            continue
+        inserted.clear()
+        _splice(rw, g, node, body)
+        stats[node.op_type] += 1
+        if level + 1 < depth:  # the body's nodes, subgraphs included, are the next level
+            work.extend((m, level + 1) for n in inserted for m in _with_inner(n))
     return stats
+
+
+def _with_inner(node: Node) -> Iterator[Node]:
+    """`node`, then every node of its subgraphs."""
+    yield node
+    for sub in node.subgraphs():
+        yield from sub.all_nodes()
 
 
 def _rename(g: Graph, sub: Graph, prefix: str) -> None:

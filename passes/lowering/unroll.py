@@ -26,10 +26,9 @@ from typing import ClassVar
 import numpy as np
 
 from lepton_ir import Graph, Node, Value
+from lepton_ir.rewriter import Builder, Rewriter
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners
-from passes.lowering.expand import take_over_outputs
 
 
 @register
@@ -45,7 +44,7 @@ class UnrollScan(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         opset = graph.root().opset_imports.get("", 1)
         stats: Counter[str] = Counter()
-        owners = None
+        rw = Rewriter()
         for g in list(graph.all_graphs()):
             for node in list(g):
                 if node.op_type != "Scan" or node.domain or node.graph is not g:
@@ -54,9 +53,7 @@ class UnrollScan(Pass):
                 if why:
                     stats[f"skipped_{why}"] += 1
                     continue
-                if owners is None:
-                    owners = output_owners(graph)
-                _unroll(g, node, opset, owners)
+                _unroll(rw, g, node, opset)
                 stats["Scan"] += 1
         return PassResult(stats["Scan"] > 0, dict(stats))
 
@@ -101,7 +98,7 @@ def _steps(node: Node) -> int | None:
     return lengths.pop() if len(lengths) == 1 else None
 
 
-def _unroll(g: Graph, node: Node, opset: int, owners: dict[int, list[Graph]]) -> None:
+def _unroll(rw: Rewriter, g: Graph, node: Node, opset: int) -> None:
     body: Graph = node.attr("body")
     m, in_axes, in_dirs = _scan_axes(node)
     n_state = len(node.inputs) - m
@@ -110,15 +107,9 @@ def _unroll(g: Graph, node: Node, opset: int, owners: dict[int, list[Graph]]) ->
     out_dirs = list(node.attr("scan_output_directions") or [0] * n_scan_out)
     steps = _steps(node)
     assert steps is not None
-    prefix = node.name or "scan"
-    new_nodes: list[Node] = []
+    b = Builder(g, node.name or "scan")
 
-    def add(op: str, inputs: list[Value | None], dtype: int | None, shape: tuple | None, **attrs: object) -> Value:
-        out = Value(g.fresh_name(f"{prefix}_{op.lower()}"), dtype, shape)
-        new_nodes.append(Node("", op, inputs, attrs, outputs=[out], name=g.fresh_name(f"{prefix}_{op}")))
-        return out
-
-    consts = {id(v): g.add_constant(v.const_value.numpy(), f"{prefix}_{v.name}") for v in body.initializers.values()}
+    consts = {id(v): b.const(v.const_value.numpy(), v.name) for v in body.initializers.values()}
     states = list(node.inputs[:n_state])
     xs = node.inputs[n_state:]
     step_values: list[list[Value]] = [[] for _ in range(n_scan_out)]
@@ -129,17 +120,15 @@ def _unroll(g: Graph, node: Node, opset: int, owners: dict[int, list[Graph]]) ->
         index: dict[int, Value] = {}
         for j, (x, a, d) in enumerate(zip(xs, in_axes, in_dirs, strict=True)):
             if d not in index:
-                index[d] = g.add_constant(np.array(steps - 1 - t if d else t, dtype=np.int64), f"{prefix}_t{t}")
+                index[d] = b.const(np.array(steps - 1 - t if d else t, dtype=np.int64), f"t{t}")
             shape = tuple(s for k, s in enumerate(x.shape) if k != a) if x.shape is not None else None
-            env[id(body.inputs[n_state + j])] = add("Gather", [x, index[d]], x.dtype, shape, axis=a)
+            env[id(body.inputs[n_state + j])] = b.Gather(x, index[d], dtype=x.dtype, shape=shape, axis=a)
         for bn in body:
             inputs = [None if v is None else env.get(id(v), v) for v in bn.inputs]
-            outs = [Value(g.fresh_name(f"{prefix}_{o.name}") if o.name else "", o.dtype, o.shape) for o in bn.outputs]
-            copy = Node(bn.domain, bn.op_type, inputs, None, outputs=outs, name=g.fresh_name(f"{prefix}_{bn.op_type}"))
-            copy.attributes = dict(bn.attributes)
-            copy.overload = bn.overload
-            new_nodes.append(copy)
-            for o, c in zip(bn.outputs, outs, strict=True):
+            outs = b.op(bn.op_type, inputs, bn.attributes, domain=bn.domain, num_outputs=len(bn.outputs),
+                        dtypes=[o.dtype for o in bn.outputs], shapes=[o.shape for o in bn.outputs])
+            b.nodes[-1].overload = bn.overload
+            for o, c in zip(bn.outputs, outs if len(bn.outputs) > 1 else (outs,), strict=True):
                 env[id(o)] = c
         results = [env.get(id(v), v) for v in body.outputs]
         states = results[:n_state]
@@ -157,23 +146,23 @@ def _unroll(g: Graph, node: Node, opset: int, owners: dict[int, list[Graph]]) ->
         parts = []
         for v in values:
             if opset >= 13:
-                axes = g.add_constant(np.array([axis], dtype=np.int64), f"{prefix}_axes")
-                parts.append(add("Unsqueeze", [v, axes], v0.dtype, shape1))
+                parts.append(b.Unsqueeze(v, b.const(np.array([axis], dtype=np.int64), "axes"), dtype=v0.dtype, shape=shape1))
             else:
-                parts.append(add("Unsqueeze", [v], v0.dtype, shape1, axes=[axis]))
+                parts.append(b.Unsqueeze(v, dtype=v0.dtype, shape=shape1, axes=[axis]))
         if len(parts) == 1:
             finals.append(parts[0])
         else:
             shape = None if shape1 is None else (*shape1[:axis], steps, *shape1[axis + 1:])
-            finals.append(add("Concat", parts, v0.dtype, shape, axis=axis))
+            finals.append(b.op("Concat", parts, {"axis": axis}, dtype=v0.dtype, shape=shape))
 
-    # Every Scan output gets a value produced by a new node, and each value serves one output.
-    ours = {id(o) for n in new_nodes for o in n.outputs}
+    # Every Scan output gets a value produced by a new node, and each value serves one output
+    # (so each takes its output's name).
+    ours = {id(o) for n in b.nodes for o in n.outputs}
     taken: set[int] = set()
     for k, v in enumerate(finals):
         if id(v) not in ours or id(v) in taken:
-            finals[k] = add("Identity", [v], v.dtype, v.shape)
+            finals[k] = b.Identity(v, dtype=v.dtype, shape=v.shape)
             ours.add(id(finals[k]))
         taken.add(id(finals[k]))
-    g.insert_before(node, new_nodes)
-    take_over_outputs(g, node, [(out, new) for out, new in zip(node.outputs, finals, strict=True) if out.name], owners)
+    rw.replace([node], b.nodes, {out: new for out, new in zip(node.outputs, finals, strict=True) if out.name},
+               inherit=True)
