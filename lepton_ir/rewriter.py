@@ -231,16 +231,19 @@ class Builder:
     `b.op("Add", [x, y])` or `b.Add(x, y)` returns the new output `Value` (a tuple when
     `num_outputs > 1`). The output dtype is `dtype` when given, else inferred: fixed for ops
     that always produce one type (comparisons → bool, Shape → int64), `to` for Cast, the
-    second input's for CastLike, the branches' for Where, otherwise the first typed input's. Shapes are `shape` or unknown.
+    second input's for CastLike; then the builder's `dtype` when it has one (a lowering that
+    computes in one type), else the branches' for Where and otherwise the first typed input's.
+    Shapes are `shape` or unknown.
     """
 
     _BOOL = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Not", "And", "Or", "Xor",
                        "IsNaN", "IsInf"})
     _INT64 = frozenset({"Shape", "Size", "ArgMax", "ArgMin", "NonZero"})
 
-    def __init__(self, graph: Graph, prefix: str) -> None:
+    def __init__(self, graph: Graph, prefix: str, *, dtype: int | None = None) -> None:
         self.graph = graph
         self.prefix = prefix
+        self.dtype = dtype
         self.nodes: list[Node] = []
 
     def op(self, op_type: str, inputs: Sequence[Value | None], attrs: Mapping[str, Any] | None = None, *,
@@ -251,7 +254,8 @@ class Builder:
         g = self.graph
         outs = []
         for i in range(num_outputs):
-            dt = dtypes[i] if dtypes is not None else (dtype if dtype is not None else self._infer(op_type, inputs, attrs))
+            dt = dtypes[i] if dtypes is not None else dtype if dtype is not None else \
+                self._infer(op_type, inputs, attrs, self.dtype)
             sh = shapes[i] if shapes is not None else shape
             outs.append(Value(g.fresh_name(f"{self.prefix}_{op_type.lower()}"), dt, None if sh is None else tuple(sh)))
         node = Node(domain, op_type, list(inputs), attrs, outputs=outs, name=g.fresh_name(f"{self.prefix}_{op_type}"))
@@ -278,7 +282,8 @@ class Builder:
         return self.graph.add_initializer(v)
 
     @classmethod
-    def _infer(cls, op_type: str, inputs: Sequence[Value | None], attrs: Mapping[str, Any]) -> int | None:
+    def _infer(cls, op_type: str, inputs: Sequence[Value | None], attrs: Mapping[str, Any],
+               default: int | None = None) -> int | None:
         if op_type in cls._BOOL:
             return T.BOOL
         if op_type in cls._INT64:
@@ -288,8 +293,6 @@ class Builder:
             return int(to.value if isinstance(to, Attr) else to) if to is not None else None
         if op_type == "CastLike" and len(inputs) > 1 and inputs[1] is not None:
             return inputs[1].dtype
-        if op_type == "Where":  # the condition is bool; the branches carry the type
-            return next((v.dtype for v in inputs[1:] if v is not None and v.dtype is not None), None)
         if op_type == "Constant":
             v = attrs.get("value")
             v = v.value if isinstance(v, Attr) else v
@@ -298,6 +301,10 @@ class Builder:
             if isinstance(v, np.ndarray):
                 return np_to_onnx_dtype(v.dtype)
             return None
+        if default is not None:
+            return default
+        if op_type == "Where":  # the condition is bool; the branches carry the type
+            return next((v.dtype for v in inputs[1:] if v is not None and v.dtype is not None), None)
         return next((v.dtype for v in inputs if v is not None and v.dtype is not None), None)
 
 

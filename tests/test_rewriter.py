@@ -222,6 +222,16 @@ def test_builder_types_where_by_its_branches() -> None:
     assert b.Where(cond, ints, ints).dtype == T.INT64
 
 
+def test_builder_with_a_dtype_types_every_op_whose_type_the_op_does_not_fix() -> None:
+    g, x, _ = chain()
+    b = Builder(g, "t", dtype=T.DOUBLE)
+    idx = b.const(np.array(0, np.int64))
+    assert b.Gather(idx, idx).dtype == T.DOUBLE  # the builder's type, not the first input's
+    assert b.Less(x, x).dtype == T.BOOL and b.Shape(x).dtype == T.INT64
+    assert b.op("Cast", [x], {"to": T.FLOAT16}).dtype == T.FLOAT16
+    assert b.Add(x, x, dtype=T.FLOAT).dtype == T.FLOAT
+
+
 def test_can_replace_uses_without_identity_says_when_the_name_cannot_move() -> None:
     g, x, (a, b, c) = chain()
     rw = Rewriter()
