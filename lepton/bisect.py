@@ -25,8 +25,9 @@ import targets
 from lepton.codegen import build, to_relax, unsupported_nodes
 from lepton.codegen.lowering import lowering_passes
 from lepton.codegen.provenance import Provenance
-from lepton.compiler import _import
+from lepton.compiler import import_model
 from lepton.input_shapes import InputShapes, pin_input_shapes
+from lepton.threads import use_available_cpus
 from lepton.verify import Collector, Policy, Reference, VerifyReport, choose_policy, resolve_policy
 from lepton.verify.inputs import InputsLike, Samples
 from lepton_ir import Graph
@@ -158,7 +159,7 @@ def bisect(
     """Find the first pass that changes the model's outputs beyond tolerance, else check the codegen."""
     say = progress or (lambda _m: None)
     tgt = targets.resolve(target)
-    graph = _import(model, example_inputs)
+    graph = import_model(model, example_inputs)
     reference = Reference(lepton_ir.to_onnx(graph))
     if input_shapes:
         pin_input_shapes(graph, input_shapes)
@@ -200,8 +201,6 @@ def _check_codegen(graph: Graph, tgt: targets.Target, feeds: dict[str, np.ndarra
 def _run_executable(executable: Any, graph: Graph, feeds: dict[str, np.ndarray], tgt: targets.Target) -> dict[str, np.ndarray]:
     import tvm
     from tvm import relax
-
-    from lepton.threads import use_available_cpus
 
     dev = tvm.device(tgt.device, 0)
     vm = relax.VirtualMachine(executable, dev)

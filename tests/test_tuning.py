@@ -28,7 +28,7 @@ import targets
 from lepton.cli import app
 from lepton.codegen.schedules import TiledReduction
 from lepton.codegen.tvm_build import cpu_prepare_passes, cpu_schedule_passes
-from lepton.tuning import database as dbs
+from lepton.codegen import tuning_databases as dbs
 from lepton.tuning import extract_tasks, parse_budget, parse_rpc, prune
 from lepton.tuning.space import decision_paths, schedule_at, trace_path
 from lepton_ir import UserError

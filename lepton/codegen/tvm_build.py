@@ -30,8 +30,14 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
+from lepton.codegen import vector_math
+from lepton.codegen.conv_transpose import lower_conv2d_transpose
 from lepton.codegen.failures import error_line, tool_failure, tvm_failures
+from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
 from lepton.codegen.provenance import Provenance
+from lepton.codegen.schedules import cpu_rules
+from lepton.codegen.tuning_databases import apply_passes
+from lepton.codegen.winograd import winograd_conv2d
 from lepton.errors import CodegenError
 from targets import Target
 
@@ -77,15 +83,11 @@ def cpu_prepare_passes(target: Target, notes: list[str] | None = None) -> list[t
     inputs and outputs. What the layout passes changed is appended to `notes`."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from lepton.codegen.conv_transpose import lower_conv2d_transpose
-    from lepton.codegen.vector_math import legalize_map
-    from lepton.codegen.winograd import winograd_conv2d
-
     tvm_target = target.tvm_target()
     nhwc = [_channels_last(notes), lower_conv2d_transpose(notes), winograd_conv2d(notes)]
     layout = nhwc if target.layout == "NHWC" else []
     legalize = [  # TVM's CPU legalize_passes, with vectorizable float32 exp/erf/tanh/sigmoid
-        relax.transform.LegalizeOps(legalize_map()),
+        relax.transform.LegalizeOps(vector_math.legalize_map()),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -98,9 +100,6 @@ def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     """Kernel scheduling for CPU targets (after fusion, before lowering): the target's tuning databases
     (shipped, then local; none exist: no pass), then Lepton's rules, then dlight's."""
     from tvm.s_tir import dlight as dl
-
-    from lepton.codegen.schedules import cpu_rules
-    from lepton.tuning.database import apply_passes
 
     lanes = target.vector_lanes or 4
     return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
@@ -326,8 +325,6 @@ def _add_opencl_source(executable: relax.VMExecutable, out_dir: str, lib: Librar
         f.write(source)
     lib.files.append(rel)
     lib.kernels["opencl"] = rel
-    from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
-
     checked = check_opencl(source)
     lib.notes.append(checked.note() if checked else f"OpenCL kernels not compiled here: {opencl_unavailable()}")
 

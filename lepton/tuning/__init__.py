@@ -8,7 +8,7 @@
   Lepton's default schedules; `prune`/`write` make a shippable database (best record per workload).
 """
 
-from lepton.tuning.database import (
+from lepton.codegen.tuning_databases import (
     databases_for,
     fingerprint,
     local_dir,

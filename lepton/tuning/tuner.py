@@ -34,8 +34,16 @@ from tvm.s_tir import meta_schedule as ms
 
 import lepton_ir
 import targets
+import targets.host
+from lepton.codegen import to_relax
+from lepton.codegen import tuning_databases as dbs
+from lepton.codegen.failures import tvm_failures
+from lepton.codegen.provenance import Provenance
+from lepton.codegen.schedules import TiledReduction
+from lepton.codegen.tvm_build import cpu_prepare_passes
+from lepton.compiler import optimize_for
 from lepton.input_shapes import InputShapes, pin_input_shapes
-from lepton.tuning import database as dbs
+from lepton.threads import use_available_cpus
 from lepton.tuning import measure
 from lepton.tuning.space import DecisionPath, GridWalk, decision_paths, mean_secs, trace_choices, trace_path
 from lepton_ir import Graph, UserError
@@ -148,13 +156,6 @@ def parse_rpc(text: str) -> Remote:
 
 def extract_tasks(model: ModelLike, target: str | Target, input_shapes: InputShapes | None = None) -> list[Task]:
     """The model's workloads Lepton's tiled template takes, as compile will see them for `target` (a CPU target)."""
-    from lepton.codegen import to_relax
-    from lepton.codegen.failures import tvm_failures
-    from lepton.codegen.provenance import Provenance
-    from lepton.codegen.schedules import TiledReduction
-    from lepton.codegen.tvm_build import cpu_prepare_passes
-    from lepton.compiler import optimize_for
-
     tgt = _cpu_target(target)
     graph = lepton_ir.load(lepton_ir.to_onnx(model)) if isinstance(model, Graph) else lepton_ir.load(model)
     if input_shapes:
@@ -350,18 +351,14 @@ def _shipped(tgt: Target, directory: Path) -> ms.Database | None:
 def _exporter(tgt: Target) -> Callable[[tvm.runtime.Module], str] | None:
     """The builder's export: a shared library linked by the host compiler, or the aarch64 cross compiler for an
     aarch64 target on another host (else a .tar of objects, which the device links: MetaSchedule's default)."""
-    from targets import host
-
     triple = str(tgt.tvm.get("mtriple", ""))
-    if triple.startswith("aarch64") and host.cpu().kind != "arm":
+    if triple.startswith("aarch64") and targets.host.cpu().kind != "arm":
         return measure.export_aarch64 if shutil.which(measure.CROSS_GCC) else None
     return measure.export_shared
 
 
 def _runner(remote: Remote | None, evaluator: ms.runner.EvaluatorConfig) -> ms.Runner:
     if remote is None:
-        from lepton.threads import use_available_cpus
-
         return ms.runner.LocalRunner(timeout_sec=60, evaluator_config=evaluator, initializer=use_available_cpus)
     config = ms.runner.RPCConfig(remote.host, remote.port, remote.key, session_priority=1, session_timeout_sec=120)
     try:

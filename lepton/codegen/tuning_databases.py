@@ -1,5 +1,8 @@
 """Tuning databases: where they live, applying them at compile time, pruning them for shipping.
 
+Part of codegen (kernel scheduling applies them, `tvm_build.cpu_schedule_passes`); `lepton.tuning`, which
+fills them, re-exports what users need.
+
 A database is a MetaSchedule `JSONDatabase` folder (`database_workload.json`,
 `database_tuning_record.json`) keyed by the target's `tuning_key`:
 
