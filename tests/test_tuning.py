@@ -322,6 +322,6 @@ def test_shipped_database_covers_every_conv_and_matmul_workload_of_the_bench_mod
     shipped = dbs.open_database(dbs.shipped_dir(X86))
     missing = [t.name for t in extract_tasks(BENCH_MODELS[name](), X86) if not shipped.has_workload(t.mod)]
     assert not missing, (f"{name}: workloads missing from {dbs.shipped_dir(X86)} (the compile path changed them; "
-                         f"re-run `python -m lepton.tuning.ship`): {missing}")
+                         f"re-run `python -m bench.ship_tuning`): {missing}")
     manifest = json.loads((dbs.shipped_dir(X86) / dbs.MANIFEST).read_text())
     assert manifest["tuning_key"] == X86.tuning_key and name in manifest["models"]

@@ -1,8 +1,9 @@
-"""Build the shipped tuning database for this machine's x86 target from the bench models.
+"""Build the shipped tuning database for this machine's target from the models it is given.
 
-    python -m lepton.tuning.ship [--minutes resnet18=5,resnet50=7,...] [--work build/tuning]
+The shipped database is tuned on the bench models: `python -m bench.ship_tuning` passes them in
+(and their inputs) and holds the command line.
 
-For each bench model: tune (resumable, into `<work>/<tuning_key>/`, shipped workloads included),
+For each model: tune (resumable, into `<work>/<tuning_key>/`, shipped workloads included),
 then write the pruned database (best record per workload) to `targets/tuning/<tuning_key>/`
 and `MANIFEST.json` there: TVM version, target, CPU, trials and time per model, and end-to-end
 latency of the compiled model with the default schedules and with the shipped database
@@ -11,7 +12,6 @@ latency of the compiled model with the default schedules and with the shipped da
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import importlib.metadata
@@ -21,49 +21,42 @@ import platform
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 import lepton
 import targets
-from lepton.tuning import database as dbs
+from lepton.codegen import tuning_databases as dbs
 from lepton.tuning.tuner import EVALUATOR, TuneReport, tune
 from targets.host import cpu_model
 
-DEFAULT_MINUTES = {"resnet18": 5.0, "resnet50": 7.0, "mobilenet_v2": 7.0, "bert_small": 3.0, "bert_base": 4.0}
+ModelMaker = Callable[[], onnx.ModelProto]
+Inputs = Callable[[onnx.ModelProto], dict[str, np.ndarray]]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", default=",".join(f"{k}={v:g}" for k, v in DEFAULT_MINUTES.items()),
-                        help="tuning minutes per bench model, NAME=MIN,...")
-    parser.add_argument("--work", default="build/tuning", help="folder of the full (resumable) databases")
-    parser.add_argument("--target", default="x86")
-    args = parser.parse_args(argv)
-    minutes = {k: float(v) for k, v in (item.split("=") for item in args.minutes.split(","))}
-    ship(minutes, Path(args.work), args.target)
+def ship(models: Mapping[str, ModelMaker], minutes: Mapping[str, float], work: Path, target: str = "x86", *,
+         inputs: Inputs) -> dict[str, Any]:
+    """Tune, prune, measure and write the shipped database and its manifest; returns the manifest.
 
-
-def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str, Any]:
-    """Tune, prune, measure and write the shipped database and its manifest; returns the manifest."""
-    from bench.models import BENCH_MODELS
-
+    `models` makes each model by name; `minutes` names the models to tune and the minutes for each;
+    `inputs` gives a model's inputs for the latency runs."""
     tgt = targets.resolve(target)
     load_at_start = os.getloadavg()
     full = work / tgt.tuning_key
-    models: dict[str, dict[str, Any]] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for name, mins in minutes.items():
-        model = BENCH_MODELS[name]()
+        model = models[name]()
         report = tune(model, tgt, budget_seconds=mins * 60, database_dir=full, include_shipped=True, progress=_say(name))
-        models[name] = _model_entry(report, mins)
+        entries[name] = _model_entry(report, mins)
     out = dbs.shipped_dir(tgt)
     dbs.write(dbs.open_database(full), out)
     for name in minutes:
-        models[name]["latency_ms"] = _latencies(BENCH_MODELS[name](), tgt)
-        print(f"{name}: {models[name]['latency_ms']}", flush=True)
+        entries[name]["latency_ms"] = _latencies(models[name](), tgt, inputs)
+        print(f"{name}: {entries[name]['latency_ms']}", flush=True)
     pruned = dbs.open_database(out)
     manifest = {
         "tuning_key": tgt.tuning_key,
@@ -73,7 +66,7 @@ def ship(minutes: dict[str, float], work: Path, target: str = "x86") -> dict[str
         "cpu": {"model": cpu_model(), "features": list(tgt.features), "cores": os.cpu_count(), "machine": platform.machine()},
         "evaluator": EVALUATOR._asdict(),
         "workloads": len(pruned.get_all_tuning_records()),  # pruned: one record per workload
-        "models": models,
+        "models": entries,
         "load_average": {"start": load_at_start, "end": os.getloadavg()},  # 1/5/15-minute: how quiet the machine was
     }
     (out / dbs.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -93,16 +86,15 @@ def _model_entry(report: TuneReport, minutes: float) -> dict[str, Any]:
     }
 
 
-def _latencies(model: onnx.ModelProto, tgt: targets.Target, seconds: float = 20.0, calls: int = 5) -> dict[str, float | int]:
+def _latencies(model: onnx.ModelProto, tgt: targets.Target, inputs: Inputs, seconds: float = 20.0,
+               calls: int = 5) -> dict[str, float | int]:
     """Median end-to-end latency (ms) of the model compiled with the default schedules and with the shipped
     database only, and in onnxruntime. Rounds for `seconds`, each tool `calls` times in a row per round, so
     load from other work hits all alike and no tool is always the one right after another's spinning
     threads (onnxruntime's and TVM's pools spin for a while after a call)."""
     import onnxruntime as ort
 
-    from bench.models import synth_inputs
-
-    feeds = synth_inputs(model)
+    feeds = inputs(model)
     with _env(LEPTON_NO_TUNING="1"):
         default = lepton.compile(model, tgt, use_cache=False)
     with tempfile.TemporaryDirectory() as empty, _env(LEPTON_TUNING_DIR=empty):
@@ -147,7 +139,3 @@ def _say(name: str) -> Callable[[TuneReport], None]:
               f"kernels {report.estimated_default * 1e3:.2f} -> {report.estimated_best * 1e3:.2f} ms", flush=True)
 
     return say
-
-
-if __name__ == "__main__":
-    main()
