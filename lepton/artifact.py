@@ -27,7 +27,10 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+import lepton.version
+from lepton.cuda_kernels import register_prebuilt
 from lepton.errors import ArtifactError, TamperedArtifactError, WrongDeviceError
+from lepton.module import CompiledModule
 from lepton.verify import Case, VerifyReport, check_cases
 from lepton.verify.policy import POLICIES, Policy
 from lepton_ir.errors import InternalError
@@ -35,8 +38,6 @@ from targets import host
 
 if TYPE_CHECKING:
     import onnx
-
-    from lepton.module import CompiledModule
 
 FORMAT = "lepton-artifact/1"
 MANIFEST = "manifest.json"
@@ -361,9 +362,7 @@ def tool_versions() -> dict[str, str]:
 
 
 def lepton_version() -> str:
-    import lepton
-
-    return lepton.__version__
+    return lepton.version.__version__
 
 
 def write_artifact(
@@ -467,8 +466,6 @@ def load(artifact_dir: str | os.PathLike[str], device_id: int = 0) -> CompiledMo
     """
     import tvm
 
-    from lepton.module import CompiledModule
-
     manifest = read_manifest(artifact_dir)
     check_files(manifest.path, manifest)
     dev = check_device(manifest, device_id)
@@ -487,8 +484,6 @@ def _use_prebuilt_cuda_kernels(manifest: Manifest) -> None:
     """CUDA artifacts carry nvcc-compiled kernels (model.fatbin from model.cu); TVM gets those, not a JIT compile."""
     files = manifest.files
     if "model.fatbin" in files and "model.cu" in files:
-        from lepton.cuda_kernels import register_prebuilt
-
         source = (manifest.path / "model.cu").read_text()
         register_prebuilt(source, (manifest.path / "model.fatbin").read_bytes())
 

@@ -32,6 +32,8 @@ import numpy as np
 import onnx
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType
 
+import lepton_ir
+from lepton.verify.inputs import plan
 from lepton_ir import UserError
 
 #: The target ONNX's device "CPU" compiles for.
@@ -55,9 +57,6 @@ EXTRA_SHAPE_OPERANDS: dict[str, frozenset[int]] = {"CumProd": frozenset({1}), "A
 
 def shape_inputs(model: onnx.ModelProto) -> list[str]:
     """Names of the graph inputs whose values set shapes, axes, counts or sizes (see the module docstring)."""
-    import lepton_ir
-    from lepton.verify.inputs import plan
-
     graph = lepton_ir.load(model)
     found = {s.name for s in plan(graph) if s.kind == "shape"}
     for v in graph.inputs:

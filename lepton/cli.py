@@ -10,11 +10,21 @@ from typing import Annotated
 
 import numpy as np
 import typer
+
+import lepton_ir
+from lepton.artifact import load as load_artifact
+from lepton.artifact import read_verify_bundle, verify_artifact
 from lepton.cli_errors import Verbose, fail
 from lepton.cli_targets import targets_app
 from lepton.cli_tune import tune_cmd
-from lepton.report import console
+from lepton.input_shapes import parse_input_shape
+from lepton.inspect import inspect_model
+from lepton.optimize import optimize as run_optimize
+from lepton.report import compile_json, compile_summary, console, outputs_json, outputs_table, pass_json, pass_table
 from lepton_ir import UserError
+from passes import REGISTRY
+from passes.cleanup import CLEANUP_PIPELINE
+from targets import resolve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lepton: compile ONNX models, verified against onnxruntime.")
 err = console(stderr=True)
@@ -31,11 +41,6 @@ def optimize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Run the cleanup pipeline (or --passes) over MODEL and write the result."""
-    from lepton.optimize import optimize as run_optimize
-    from lepton.report import pass_json, pass_table
-    from lepton_ir import save
-    from passes.cleanup import CLEANUP_PIPELINE
-
     try:
         if os.path.isdir(output):
             raise UserError(f"output {output!r} is a folder; give a file name ending in .onnx")
@@ -43,7 +48,7 @@ def optimize(
             result = run_optimize(model, passes or CLEANUP_PIPELINE, dump_ir=dump_ir)
         out_dir = os.path.dirname(os.path.abspath(output))
         os.makedirs(out_dir, exist_ok=True)
-        files = save(result.graph, output)
+        files = lepton_ir.save(result.graph, output)
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
         fail(e, as_json=as_json)
         return
@@ -71,9 +76,7 @@ def compile_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Compile MODEL for a target into an artifact folder (library, manifest, optimized model, verification bundle)."""
-    from lepton.compiler import compile as run_compile
-    from lepton.input_shapes import parse_input_shape
-    from lepton.report import compile_json, compile_summary
+    from lepton.compiler import compile as run_compile  # imports TVM
 
     try:
         shapes = dict(parse_input_shape(s) for s in input_shape or [])
@@ -102,7 +105,7 @@ def compile_cmd(
 
 def _bisect_ok(model: str, target: str, shapes: dict[str, list[int]], passes: str | None, as_json: bool, quiet: bool) -> bool:
     """Run the bisection and print its report; whether no pass and no codegen step broke the outputs."""
-    from lepton.bisect import bisect as run_bisect
+    from lepton.bisect import bisect as run_bisect  # imports TVM
 
     with err.status("bisecting", spinner="dots") if not (quiet or as_json) else nullcontext() as status:
         report = run_bisect(model, target, input_shapes=shapes, passes=passes,
@@ -126,8 +129,7 @@ def bisect_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Find the first pass that changes MODEL's outputs beyond tolerance, else check the TVM module (exit 1 on a finding)."""
-    from lepton.bisect import bisect as run_bisect
-    from lepton.input_shapes import parse_input_shape
+    from lepton.bisect import bisect as run_bisect  # imports TVM
 
     try:
         shapes = dict(parse_input_shape(s) for s in input_shape or [])
@@ -154,11 +156,8 @@ def run_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print outputs' names, dtypes, shapes and stats as JSON")] = False,
 ) -> None:
     """Run a compiled artifact on inputs from .npy/.npz files (default: its bundled verification inputs)."""
-    from lepton.artifact import load, read_verify_bundle
-    from lepton.report import outputs_json, outputs_table
-
     try:
-        module = load(artifact_dir)
+        module = load_artifact(artifact_dir)
         feeds = _read_inputs(inputs) if inputs else read_verify_bundle(module.manifest)[0]
         outputs = module.run(feeds)
         if save:
@@ -179,8 +178,6 @@ def verify_cmd(
 ) -> None:
     """Run the artifact on its bundled inputs and compare with onnxruntime's bundled outputs under the artifact's
     tolerance policy (exit 1 on mismatch): per output max abs/rel and mean error, cosine, top-1, NaN/Inf."""
-    from lepton.artifact import verify_artifact
-
     try:
         report = verify_artifact(artifact_dir)
     except Exception as e:  # noqa: BLE001
@@ -206,10 +203,6 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
     """Ops, parameters, FLOPs, and which ops a target cannot compile."""
-    import lepton_ir
-    from lepton.inspect import inspect_model
-    from targets import resolve
-
     try:
         info = inspect_model(lepton_ir.load(model), resolve(target) if target else None)
     except Exception as e:  # noqa: BLE001
@@ -241,12 +234,9 @@ def _read_inputs(specs: list[str]) -> dict[str, np.ndarray]:
 @app.command("passes")
 def list_passes() -> None:
     """List the registered passes and the default cleanup pipeline."""
-    import passes.cleanup as cleanup
-    from passes import REGISTRY
-
     for name in sorted(REGISTRY):
         out.print(f"[bold]{name}[/]  {REGISTRY[name].summary}", highlight=False)
-    out.print(f"\ndefault cleanup pipeline: {cleanup.CLEANUP_PIPELINE}", highlight=False)
+    out.print(f"\ndefault cleanup pipeline: {CLEANUP_PIPELINE}", highlight=False)
 
 
 app.add_typer(targets_app, name="targets")

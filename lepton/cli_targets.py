@@ -13,6 +13,8 @@ from rich.table import Table
 from lepton.cli_errors import fail
 from lepton.report import console
 from lepton_ir import LeptonError
+from passes.base import parse_pipeline
+from targets import known, resolve
 
 targets_app = typer.Typer(add_completion=False, help="List compilation targets or show one.")
 out = console()
@@ -32,8 +34,6 @@ def list_targets(ctx: typer.Context) -> None:
     """List the shipped targets: kind, TVM target, whether modules run on this machine."""
     if ctx.invoked_subcommand is not None:
         return
-    from targets import known, resolve
-
     table = Table(title="targets (also: auto, or a .toml file)", title_justify="left")
     for column in ("name", "kind", "runs here"):
         table.add_column(column, no_wrap=True)
@@ -56,9 +56,6 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="print the description as JSON")] = False,
 ) -> None:
     """Print NAME's resolved description: every field, the TVM target and the pass pipeline."""
-    from passes.base import parse_pipeline
-    from targets import resolve
-
     try:
         t = resolve(name)
     except LeptonError as e:

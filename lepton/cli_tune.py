@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lepton.cli_errors import Verbose, fail
+from lepton.input_shapes import parse_input_shape
 from lepton.report import console
 
 if TYPE_CHECKING:
@@ -42,8 +43,7 @@ def tune_cmd(
     Measurements go to a resumable database (~/.cache/lepton/tuning/<tuning key>/, or $LEPTON_TUNING_DIR/<key>/)
     that `lepton compile` applies after the shipped one and before the default schedules. Run it again to go on.
     """
-    from lepton.input_shapes import parse_input_shape
-    from lepton.tuning import parse_budget, tune
+    from lepton.tuning import parse_budget, tune  # imports TVM
 
     try:
         seconds = parse_budget(budget)
@@ -85,7 +85,7 @@ class _Display:
 
 def render(report: TuneReport, elapsed: float) -> Group:
     """The progress display: a header (time used of the budget, trials) and one row per task."""
-    from lepton.tuning.space import describe_tiles
+    from lepton.tuning.space import describe_tiles  # imports TVM
 
     header = Text.from_markup(
         f"[bold]tuning[/] {report.model} for [bold]{report.target}[/] ({report.tuning_key}): "

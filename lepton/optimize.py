@@ -9,7 +9,7 @@ import onnx
 
 import lepton_ir
 from lepton_ir import Graph
-from passes import PassManager, PipelineResult
+from passes import IRDump, PassManager, PipelineResult
 from passes.cleanup import CLEANUP_PIPELINE
 
 
@@ -35,6 +35,6 @@ def optimize(
     """Import `model` (unless it is already a Graph, which is then changed in place) and run `passes`."""
     graph = model if isinstance(model, Graph) else lepton_ir.load(model)
     before = len(graph)
-    instruments = [] if dump_ir is None else [__import__("passes").IRDump(dump_ir)]
+    instruments = [] if dump_ir is None else [IRDump(dump_ir)]
     log = PassManager(passes, instruments=instruments).run(graph)
     return Optimized(graph, log, before)

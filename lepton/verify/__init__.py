@@ -22,6 +22,7 @@ import onnx
 
 import lepton_ir
 from lepton.errors import InputError
+from lepton.module import CompiledModule
 from lepton.verify.inputs import InputsLike, Samples, SynthesisError, synthesize
 from lepton.verify.metrics import Metrics
 from lepton.verify.policy import FP16, FP32, INT8, POLICIES, PRUNED, Policy, choose_policy, resolve_policy
@@ -30,7 +31,6 @@ from lepton_ir import Graph, UnsupportedModelError, UserError
 
 if TYPE_CHECKING:
     from lepton.compiler import Compiled
-    from lepton.module import CompiledModule
 
 __all__ = [
     "FP16", "FP32", "INT8", "POLICIES", "PRUNED", "InputsLike", "Metrics", "OutputCheck", "Policy", "Reference",
@@ -117,8 +117,6 @@ class Reference:
 
 
 def _module(compiled: Compiled | CompiledModule) -> CompiledModule:
-    from lepton.module import CompiledModule
-
     module = getattr(compiled, "module", compiled)
     if isinstance(module, CompiledModule):
         return module
