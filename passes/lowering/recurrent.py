@@ -44,15 +44,17 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import onnx
 
 from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.types import Dim, Shape, np_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners
-from passes.rewrite import constant_value
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+BOOL = onnx.TensorProto.BOOL
 
 #: Gates per op and the activations each direction takes (ONNX defaults).
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -104,7 +106,7 @@ class LowerRecurrent(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter()
         opset = graph.root().opset_imports.get("", 1)
-        owners = None
+        rw = Rewriter()
         for g in list(graph.all_graphs()):
             for node in g:
                 if node.domain or node.op_type not in RECURRENT_OPS or node.graph is not g:
@@ -113,9 +115,7 @@ class LowerRecurrent(Pass):
                 if isinstance(plan, str):
                     stats[f"skipped_{_reason_key(plan)}"] += 1
                     continue
-                if owners is None:
-                    owners = output_owners(graph)
-                _lower(g, node, plan, opset, owners)
+                _lower(rw, g, node, plan)
                 stats[node.op_type] += 1
         lowered = sum(v for k, v in stats.items() if not k.startswith("skipped_"))
         return PassResult(lowered > 0, dict(stats))
@@ -258,77 +258,64 @@ def _activations(node: Node, op: str, ndir: int) -> tuple[tuple[_Act, ...], ...]
 # ----- building the unrolled graph ------------------------------------------------------
 
 
-class _Emitter:
-    """Creates nodes (typed outputs, fresh names) to be inserted before the recurrent node."""
-
-    def __init__(self, g: Graph, node: Node, opset: int, dtype: int) -> None:
-        self.g, self.node, self.opset, self.dtype = g, node, opset, dtype
-        self.np = np_dtype(dtype)
-        self.nodes: list[Node] = []
-        self.prefix = node.name or node.op_type
-
-    def op(self, op_type: str, inputs: Sequence[Value | None], shape: Shape, attrs: dict | None = None,
-           dtype: int | None = None, outputs: int = 1, shapes: Sequence[Shape] | None = None) -> Value:
-        outs = [
-            Value(self.g.fresh_name(f"{self.prefix}_{op_type}_out"), self.dtype if dtype is None else dtype,
-                  shapes[i] if shapes is not None else shape)
-            for i in range(outputs)
-        ]
-        n = Node("", op_type, list(inputs), attrs or {}, outputs=outs, name=self.g.fresh_name(f"{self.prefix}_{op_type}"))
-        self.nodes.append(n)
-        return outs[0] if outputs == 1 else outs  # type: ignore[return-value]
-
-    def const(self, value: object, dtype: np.dtype | None = None, name: str = "const") -> Value:
-        arr = np.asarray(value, dtype=self.np if dtype is None else dtype)
-        return self.g.add_constant(arr, f"{self.prefix}_{name}")
-
-    def i64(self, value: object) -> Value:
-        return self.const(value, np.dtype(np.int64), "idx")
-
-    def split(self, x: Value, sizes: Sequence[int], axis: int, shapes: Sequence[Shape]) -> list[Value]:
-        if len(sizes) == 1:
-            return [x]
-        if self.opset >= 13:
-            outs = self.op("Split", [x, self.i64(list(sizes))], None, {"axis": axis}, outputs=len(sizes), shapes=shapes)
-        else:
-            outs = self.op("Split", [x], None, {"axis": axis, "split": list(sizes)}, outputs=len(sizes), shapes=shapes)
-        return list(outs)  # type: ignore[arg-type]
-
-    def add(self, a: Value | None, b: Value | None, shape: Shape) -> Value | None:
-        if a is None:
-            return b
-        if b is None:
-            return a
-        return self.op("Add", [a, b], shape)
-
-    def mul(self, a: Value, b: Value, shape: Shape) -> Value:
-        return self.op("Mul", [a, b], shape)
-
-    def activation(self, x: Value, act: _Act, shape: Shape) -> Value:
-        name, alpha, beta = act
-        simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softsign": "Softsign", "softplus": "Softplus"}
-        if name in simple:
-            return self.op(simple[name], [x], shape)
-        if name == "leakyrelu":
-            return self.op("LeakyRelu", [x], shape, {"alpha": alpha})
-        if name == "thresholdedrelu":
-            return self.op("ThresholdedRelu", [x], shape, {"alpha": alpha})
-        if name == "elu":
-            return self.op("Elu", [x], shape, {"alpha": alpha})
-        if name == "hardsigmoid":
-            return self.op("HardSigmoid", [x], shape, {"alpha": alpha, "beta": beta})
-        if name == "affine":
-            return self.op("Add", [self.mul(x, self.const(alpha), shape), self.const(beta)], shape)
-        if name == "scaledtanh":
-            t = self.op("Tanh", [self.mul(x, self.const(beta), shape)], shape)
-            return self.mul(t, self.const(alpha), shape)
-        raise AssertionError(name)  # _activations accepted only the names above
+def _opset(b: Builder) -> int:
+    return b.graph.root().opset_imports.get("", 1)
 
 
-def _lower(g: Graph, node: Node, plan: _Plan, opset: int, owners: dict[int, list[Graph]]) -> None:
+def _const(b: Builder, value: object, dtype: np.dtype | None = None, name: str = "const") -> Value:
+    """A constant of `dtype`, by default the element type the cell computes in (`b.dtype`)."""
+    return b.const(np.asarray(value, dtype=np_dtype(b.dtype) if dtype is None else dtype), name)
+
+
+def _i64(b: Builder, value: object) -> Value:
+    return b.const(np.asarray(value, dtype=np.int64), "idx")
+
+
+def _split(b: Builder, x: Value, sizes: Sequence[int], axis: int, shapes: Sequence[Shape]) -> list[Value]:
+    """`x` split along `axis` into `sizes` (Split's attribute form before opset 13, its input form after)."""
+    if len(sizes) == 1:
+        return [x]
+    if _opset(b) >= 13:
+        outs = b.op("Split", [x, _i64(b, list(sizes))], {"axis": axis}, num_outputs=len(sizes), shapes=shapes)
+    else:
+        outs = b.op("Split", [x], {"axis": axis, "split": list(sizes)}, num_outputs=len(sizes), shapes=shapes)
+    return list(outs)
+
+
+def _add(b: Builder, x: Value | None, y: Value | None, shape: Shape) -> Value | None:
+    """`x + y`, where a None operand is a zero."""
+    if x is None:
+        return y
+    if y is None:
+        return x
+    return b.Add(x, y, shape=shape)
+
+
+def _activation(b: Builder, x: Value, act: _Act, shape: Shape) -> Value:
+    name, alpha, beta = act
+    simple = {"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid", "softsign": "Softsign", "softplus": "Softplus"}
+    if name in simple:
+        return b.op(simple[name], [x], shape=shape)
+    if name == "leakyrelu":
+        return b.LeakyRelu(x, shape=shape, alpha=alpha)
+    if name == "thresholdedrelu":
+        return b.ThresholdedRelu(x, shape=shape, alpha=alpha)
+    if name == "elu":
+        return b.Elu(x, shape=shape, alpha=alpha)
+    if name == "hardsigmoid":
+        return b.HardSigmoid(x, shape=shape, alpha=alpha, beta=beta)
+    if name == "affine":
+        return b.Add(b.Mul(x, _const(b, alpha), shape=shape), _const(b, beta), shape=shape)
+    if name == "scaledtanh":
+        t = b.Tanh(b.Mul(x, _const(b, beta), shape=shape), shape=shape)
+        return b.Mul(t, _const(b, alpha), shape=shape)
+    raise AssertionError(name)  # _activations accepted only the names above
+
+
+def _lower(rw: Rewriter, g: Graph, node: Node, plan: _Plan) -> None:
     x = node.inputs[0]
     assert x is not None and x.shape is not None and x.dtype is not None
-    e = _Emitter(g, node, opset, x.dtype)
+    b = Builder(g, node.name or node.op_type, dtype=x.dtype)  # the cell computes in X's type
     ins = list(node.inputs) + [None] * 8
     w, r, bias, init_h = ins[1], ins[2], ins[3], ins[5]
     init_c, peep = (ins[6], ins[7]) if plan.op == "LSTM" else (None, None)
@@ -339,20 +326,20 @@ def _lower(g: Graph, node: Node, plan: _Plan, opset: int, owners: dict[int, list
     row: Shape = (batch, H)
 
     # Hoisted input projection: X [.., I] x Wcat [I, nd*GH] (+ bias) for every step and direction.
-    wt = e.op("Transpose", [w], None, {"perm": [2, 0, 1]})  # [I, nd, GH]
-    wcat = e.op("Reshape", [wt, e.i64([0, -1])], None)  # [I, nd*GH]
+    wt = b.Transpose(w, perm=[2, 0, 1])  # [I, nd, GH]
+    wcat = b.Reshape(wt, _i64(b, [0, -1]))  # [I, nd*GH]
     proj_shape = tuple(x.shape[:2]) + (nd * GH,)
-    xw = e.op("MatMul", [x, wcat], proj_shape)
+    xw = b.MatMul(x, wcat, shape=proj_shape)
     rbh = None  # GRU linear_before_reset: Rb[h] per direction, added inside the reset product
     if bias is not None:
         if plan.op == "GRU" and plan.linear_before_reset:
             # Wb[zr] + Rb[zr] and Wb[h] are hoisted; Rb[h] stays inside r . (Ht-1 R_h^T + Rb[h]).
-            wb_zr, wb_h, rb_zr, rbh = e.split(bias, [2 * H, H, 2 * H, H], 1, [(nd, 2 * H), (nd, H)] * 2)
-            total = e.op("Concat", [e.op("Add", [wb_zr, rb_zr], (nd, 2 * H)), wb_h], (nd, GH), {"axis": 1})
+            wb_zr, wb_h, rb_zr, rbh = _split(b, bias, [2 * H, H, 2 * H, H], 1, [(nd, 2 * H), (nd, H)] * 2)
+            total = b.Concat(b.Add(wb_zr, rb_zr, shape=(nd, 2 * H)), wb_h, shape=(nd, GH), axis=1)
         else:
-            wb, rb = e.split(bias, [GH, GH], 1, [(nd, GH), (nd, GH)])
-            total = e.op("Add", [wb, rb], (nd, GH))
-        xw = e.op("Add", [xw, e.op("Reshape", [total, e.i64([-1])], (nd * GH,))], proj_shape)
+            wb, rb = _split(b, bias, [GH, GH], 1, [(nd, GH), (nd, GH)])
+            total = b.Add(wb, rb, shape=(nd, GH))
+        xw = b.Add(xw, b.Reshape(total, _i64(b, [-1]), shape=(nd * GH,)), shape=proj_shape)
 
     masks: list[Value | None] = [None] * S
     lens_ok = None
@@ -360,194 +347,178 @@ def _lower(g: Graph, node: Node, plan: _Plan, opset: int, owners: dict[int, list
         lens = plan.lens
         ldt = np_dtype(lens.dtype) if lens.dtype is not None else np.dtype(np.int32)
         for t in range(S):
-            less = e.op("Less", [e.const(t, ldt, "step"), lens], (batch,), dtype=_bool())
-            masks[t] = e.op("Reshape", [less, e.i64([-1, 1])], (batch, 1), dtype=_bool())
+            less = b.Less(_const(b, t, ldt, "step"), lens, shape=(batch,), dtype=BOOL)
+            masks[t] = b.Reshape(less, _i64(b, [-1, 1]), shape=(batch, 1), dtype=BOOL)
         if not plan.lens_positive:
-            less = e.op("Less", [e.const(0, ldt, "step"), lens], (batch,), dtype=_bool())
-            lens_ok = e.op("Reshape", [less, e.i64([-1, 1])], (batch, 1), dtype=_bool())
-    zero = e.const(0.0, name="zero") if plan.lens is not None else None
+            less = b.Less(_const(b, 0, ldt, "step"), lens, shape=(batch,), dtype=BOOL)
+            lens_ok = b.Reshape(less, _i64(b, [-1, 1]), shape=(batch, 1), dtype=BOOL)
+    zero = _const(b, 0.0, name="zero") if plan.lens is not None else None
 
     ys, hs, cs = [], [], []
     for d, direction in enumerate(plan.directions):
-        xw_d = xw if nd == 1 else e.op(
-            "Gather", [e.op("Reshape", [xw, e.i64([0, 0, nd, GH])], tuple(x.shape[:2]) + (nd, GH)), e.i64(d)],
-            tuple(x.shape[:2]) + (GH,), {"axis": 2},
-        )
-        rt = e.op("Transpose", [e.op("Gather", [r, e.i64(d)], (GH, H), {"axis": 0})], (H, GH), {"perm": [1, 0]})
-        h_state = None if init_h is None else _state(e, init_h, d, plan.layout, row)
-        c_state = None if init_c is None else _state(e, init_c, d, plan.layout, row)
+        xw_d = xw
+        if nd > 1:
+            per_dir = b.Reshape(xw, _i64(b, [0, 0, nd, GH]), shape=tuple(x.shape[:2]) + (nd, GH))
+            xw_d = b.Gather(per_dir, _i64(b, d), shape=tuple(x.shape[:2]) + (GH,), axis=2)
+        rt = b.Transpose(b.Gather(r, _i64(b, d), shape=(GH, H), axis=0), shape=(H, GH), perm=[1, 0])
+        h_state = None if init_h is None else _state(b, init_h, d, plan.layout, row)
+        c_state = None if init_c is None else _state(b, init_c, d, plan.layout, row)
         peeps = None
         if peep is not None:
-            p_d = e.op("Gather", [peep, e.i64(d)], (3 * H,), {"axis": 0})
-            peeps = e.split(p_d, [H, H, H], 0, [(H,)] * 3)
-        rbh_d = None if rbh is None else e.op("Gather", [rbh, e.i64(d)], (H,), {"axis": 0})
-        step_ctx = _Step(e, plan, plan.acts[d], rt, peeps, rbh_d, row)
+            p_d = b.Gather(peep, _i64(b, d), shape=(3 * H,), axis=0)
+            peeps = _split(b, p_d, [H, H, H], 0, [(H,)] * 3)
+        rbh_d = None if rbh is None else b.Gather(rbh, _i64(b, d), shape=(H,), axis=0)
+        step_ctx = _Step(b, plan, plan.acts[d], rt, peeps, rbh_d, row)
         outs: list[Value | None] = [None] * S
         order = range(S) if direction == "forward" else range(S - 1, -1, -1)
         for t in order:
-            xw_t = e.op("Gather", [xw_d, e.i64(t)], (batch, GH), {"axis": t_axis})
+            xw_t = b.Gather(xw_d, _i64(b, t), shape=(batch, GH), axis=t_axis)
             h_new, c_new = step_ctx.step(xw_t, h_state, c_state)
             mask = masks[t]
             if mask is None:
                 outs[t], h_state, c_state = h_new, h_new, c_new
                 continue
-            outs[t] = e.op("Where", [mask, h_new, zero], row)
-            h_state = e.op("Where", [mask, h_new, h_state if h_state is not None else zero], row)
+            outs[t] = b.Where(mask, h_new, zero, shape=row)
+            h_state = b.Where(mask, h_new, h_state if h_state is not None else zero, shape=row)
             if c_new is not None:
-                c_state = e.op("Where", [mask, c_new, c_state if c_state is not None else zero], row)
+                c_state = b.Where(mask, c_new, c_state if c_state is not None else zero, shape=row)
         if lens_ok is not None:
-            h_state = e.op("Where", [lens_ok, h_state, zero], row)
+            h_state = b.Where(lens_ok, h_state, zero, shape=row)
             if c_state is not None:
-                c_state = e.op("Where", [lens_ok, c_state, zero], row)
+                c_state = b.Where(lens_ok, c_state, zero, shape=row)
         ys.append(outs)
         hs.append(h_state)
         cs.append(c_state)
 
-    new: dict[int, Value] = {}
+    new: dict[Value, Value] = {}
     outputs = list(node.outputs)
     if len(outputs) > 0 and outputs[0].name:
-        new[0] = _stack_y(e, ys, plan, batch)
+        new[outputs[0]] = _stack_y(b, ys, plan, batch)
     if len(outputs) > 1 and outputs[1].name:
-        new[1] = _stack_state(e, hs, plan, batch)
+        new[outputs[1]] = _stack_state(b, hs, plan, batch)
     if len(outputs) > 2 and outputs[2].name and plan.op == "LSTM":
-        new[2] = _stack_state(e, cs, plan, batch)
-    g.insert_before(node, e.nodes)
-    for i, v in new.items():
-        old = outputs[i]
-        v.dtype = old.dtype if old.dtype is not None else v.dtype
-        v.shape = old.shape if old.shape is not None else v.shape
-        old.replace_all_uses_with(v)
-        for h in owners.get(id(old), ()):
-            h.outputs = [v if o is old else o for o in h.outputs]
-    g.remove(node)
-    for i, v in new.items():
-        v.name = outputs[i].name
+        new[outputs[2]] = _stack_state(b, cs, plan, batch)
+    rw.replace([node], b.nodes, new, inherit=True)  # Y, Y_h, Y_c keep their names and types
 
 
-def _bool() -> int:
-    import onnx
-
-    return onnx.TensorProto.BOOL
-
-
-def _state(e: _Emitter, init: Value, d: int, layout: int, row: Shape) -> Value:
+def _state(b: Builder, init: Value, d: int, layout: int, row: Shape) -> Value:
     """Direction d's initial state [batch, H] from `[nd, batch, H]` (layout 0) or `[batch, nd, H]` (layout 1)."""
-    return e.op("Gather", [init, e.i64(d)], row, {"axis": 0 if layout == 0 else 1})
+    return b.Gather(init, _i64(b, d), shape=row, axis=0 if layout == 0 else 1)
 
 
 class _Step:
     """One time step of one direction; a None state is the zero initial state."""
 
-    def __init__(self, e: _Emitter, plan: _Plan, acts: tuple[_Act, ...], rt: Value,
+    def __init__(self, b: Builder, plan: _Plan, acts: tuple[_Act, ...], rt: Value,
                  peeps: list[Value] | None, rbh: Value | None, row: Shape) -> None:
-        self.e, self.plan, self.acts, self.rt, self.peeps, self.rbh, self.row = e, plan, acts, rt, peeps, rbh, row
+        self.b, self.plan, self.acts, self.rt, self.peeps, self.rbh, self.row = b, plan, acts, rt, peeps, rbh, row
         H = plan.hidden
         batch = row[0] if row else None
         self.batch = batch
         if plan.op == "GRU" and not plan.linear_before_reset:
             # (r . H) R_h^T needs R_h^T on its own; Ht-1 R_zr^T uses the first 2H columns.
-            self.rt_zr, self.rt_h = e.split(rt, [2 * H, H], 1, [(H, 2 * H), (H, H)])
+            self.rt_zr, self.rt_h = _split(b, rt, [2 * H, H], 1, [(H, 2 * H), (H, H)])
 
     def clip(self, x: Value, shape: Shape) -> Value:
-        c = self.plan.clip
+        b, c = self.b, self.plan.clip
         if c is None:
             return x
-        lo = self.e.op("Max", [x, self.e.const(-c, name="clip_lo")], shape)
-        return self.e.op("Min", [lo, self.e.const(c, name="clip_hi")], shape)
+        lo = b.Max(x, _const(b, -c, name="clip_lo"), shape=shape)
+        return b.Min(lo, _const(b, c, name="clip_hi"), shape=shape)
 
     def step(self, xw_t: Value, h: Value | None, c: Value | None) -> tuple[Value, Value | None]:
         return {"LSTM": self._lstm, "GRU": self._gru, "RNN": self._rnn}[self.plan.op](xw_t, h, c)
 
     def _rnn(self, xw_t: Value, h: Value | None, c: Value | None) -> tuple[Value, None]:
-        e, row = self.e, self.row
-        pre = xw_t if h is None else e.op("Add", [xw_t, e.op("MatMul", [h, self.rt], row)], row)
-        return e.activation(self.clip(pre, row), self.acts[0], row), None
+        b, row = self.b, self.row
+        pre = xw_t if h is None else b.Add(xw_t, b.MatMul(h, self.rt, shape=row), shape=row)
+        return _activation(b, self.clip(pre, row), self.acts[0], row), None
 
     def _gru(self, xw_t: Value, h: Value | None, c: Value | None) -> tuple[Value, None]:
-        e, row, H, b = self.e, self.row, self.plan.hidden, self.batch
+        b, row, H, nb = self.b, self.row, self.plan.hidden, self.batch
         f, g = self.acts
-        zr_shape, two = (b, 2 * H), [(b, 2 * H), (b, H)]
-        xw_zr, xw_h = e.split(xw_t, [2 * H, H], 1, two)
+        zr_shape, two = (nb, 2 * H), [(nb, 2 * H), (nb, H)]
+        xw_zr, xw_h = _split(b, xw_t, [2 * H, H], 1, two)
         if self.plan.linear_before_reset:
             if h is not None:
-                hr_zr, hr_h = e.split(e.op("MatMul", [h, self.rt], (b, 3 * H)), [2 * H, H], 1, two)
+                hr_zr, hr_h = _split(b, b.MatMul(h, self.rt, shape=(nb, 3 * H)), [2 * H, H], 1, two)
             else:
                 hr_zr, hr_h = None, None
-            zr = e.activation(self.clip(e.add(xw_zr, hr_zr, zr_shape), zr_shape), f, zr_shape)
-            z, r = e.split(zr, [H, H], 1, [row, row])
-            inner = e.add(hr_h, self.rbh, row)  # Ht-1 R_h^T + Rb_h
-            pre = xw_h if inner is None else e.op("Add", [xw_h, e.mul(r, inner, row)], row)
+            zr = _activation(b, self.clip(_add(b, xw_zr, hr_zr, zr_shape), zr_shape), f, zr_shape)
+            z, r = _split(b, zr, [H, H], 1, [row, row])
+            inner = _add(b, hr_h, self.rbh, row)  # Ht-1 R_h^T + Rb_h
+            pre = xw_h if inner is None else b.Add(xw_h, b.Mul(r, inner, shape=row), shape=row)
         else:
-            hr_zr = None if h is None else e.op("MatMul", [h, self.rt_zr], zr_shape)
-            zr = e.activation(self.clip(e.add(xw_zr, hr_zr, zr_shape), zr_shape), f, zr_shape)
-            z, r = e.split(zr, [H, H], 1, [row, row])
-            pre = xw_h if h is None else e.op("Add", [xw_h, e.op("MatMul", [e.mul(r, h, row), self.rt_h], row)], row)
-        cand = e.activation(self.clip(pre, row), g, row)
-        keep = e.mul(e.op("Sub", [e.const(1.0, name="one"), z], row), cand, row)  # (1 - z) . h~
-        return (keep if h is None else e.op("Add", [keep, e.mul(z, h, row)], row)), None
+            hr_zr = None if h is None else b.MatMul(h, self.rt_zr, shape=zr_shape)
+            zr = _activation(b, self.clip(_add(b, xw_zr, hr_zr, zr_shape), zr_shape), f, zr_shape)
+            z, r = _split(b, zr, [H, H], 1, [row, row])
+            pre = xw_h if h is None else b.Add(xw_h, b.MatMul(b.Mul(r, h, shape=row), self.rt_h, shape=row), shape=row)
+        cand = _activation(b, self.clip(pre, row), g, row)
+        keep = b.Mul(b.Sub(_const(b, 1.0, name="one"), z, shape=row), cand, shape=row)  # (1 - z) . h~
+        return (keep if h is None else b.Add(keep, b.Mul(z, h, shape=row), shape=row)), None
 
     def _lstm(self, xw_t: Value, h: Value | None, c: Value | None) -> tuple[Value, Value]:
-        e, row, H, b = self.e, self.row, self.plan.hidden, self.batch
+        b, row, H, nb = self.b, self.row, self.plan.hidden, self.batch
         f, g, hact = self.acts
-        gates = xw_t if h is None else e.op("Add", [xw_t, e.op("MatMul", [h, self.rt], (b, 4 * H))], (b, 4 * H))
+        gates = xw_t if h is None else b.Add(xw_t, b.MatMul(h, self.rt, shape=(nb, 4 * H)), shape=(nb, 4 * H))
         if self.peeps is None:
             # No peepholes: clip all gates at once and apply f to i, o, f together.
-            gates = self.clip(gates, (b, 4 * H))
+            gates = self.clip(gates, (nb, 4 * H))
             if self.plan.input_forget or c is None:
-                iof_pre, c_pre = e.split(gates, [2 * H, 2 * H], 1, [(b, 2 * H), (b, 2 * H)])
-                io = e.activation(iof_pre, f, (b, 2 * H))
-                i, o = e.split(io, [H, H], 1, [row, row])
-                c_pre = e.split(c_pre, [H, H], 1, [row, row])[1]  # drop f's slot
+                iof_pre, c_pre = _split(b, gates, [2 * H, 2 * H], 1, [(nb, 2 * H), (nb, 2 * H)])
+                io = _activation(b, iof_pre, f, (nb, 2 * H))
+                i, o = _split(b, io, [H, H], 1, [row, row])
+                c_pre = _split(b, c_pre, [H, H], 1, [row, row])[1]  # drop f's slot
                 fg = None
             else:
-                iof_pre, c_pre = e.split(gates, [3 * H, H], 1, [(b, 3 * H), row])
-                i, o, fg = e.split(e.activation(iof_pre, f, (b, 3 * H)), [H, H, H], 1, [row] * 3)
+                iof_pre, c_pre = _split(b, gates, [3 * H, H], 1, [(nb, 3 * H), row])
+                i, o, fg = _split(b, _activation(b, iof_pre, f, (nb, 3 * H)), [H, H, H], 1, [row] * 3)
         else:
             pi, po, pf = self.peeps
-            i_pre, o_pre, f_pre, c_pre = e.split(gates, [H, H, H, H], 1, [row] * 4)
+            i_pre, o_pre, f_pre, c_pre = _split(b, gates, [H, H, H, H], 1, [row] * 4)
             if c is not None:
-                i_pre = e.op("Add", [i_pre, e.mul(pi, c, row)], row)
-                f_pre = e.op("Add", [f_pre, e.mul(pf, c, row)], row)
-            i = e.activation(self.clip(i_pre, row), f, row)
-            fg = None if self.plan.input_forget or c is None else e.activation(self.clip(f_pre, row), f, row)
+                i_pre = b.Add(i_pre, b.Mul(pi, c, shape=row), shape=row)
+                f_pre = b.Add(f_pre, b.Mul(pf, c, shape=row), shape=row)
+            i = _activation(b, self.clip(i_pre, row), f, row)
+            fg = None if self.plan.input_forget or c is None else _activation(b, self.clip(f_pre, row), f, row)
             c_pre = self.clip(c_pre, row)
             o = None
         if self.plan.input_forget and c is not None:
-            fg = e.op("Sub", [e.const(1.0, name="one"), i], row)
-        cell = e.activation(c_pre, g, row)
-        c_new = e.mul(i, cell, row)
+            fg = b.Sub(_const(b, 1.0, name="one"), i, shape=row)
+        cell = _activation(b, c_pre, g, row)
+        c_new = b.Mul(i, cell, shape=row)
         if c is not None:
-            c_new = e.op("Add", [e.mul(fg, c, row), c_new], row)
+            c_new = b.Add(b.Mul(fg, c, shape=row), c_new, shape=row)
         if o is None:  # peepholes: the output gate sees the new cell state
-            o_pre = e.op("Add", [o_pre, e.mul(po, c_new, row)], row)
-            o = e.activation(self.clip(o_pre, row), f, row)
-        return e.mul(o, e.activation(c_new, hact, row), row), c_new
+            o_pre = b.Add(o_pre, b.Mul(po, c_new, shape=row), shape=row)
+            o = _activation(b, self.clip(o_pre, row), f, row)
+        return b.Mul(o, _activation(b, c_new, hact, row), shape=row), c_new
 
 
-def _stack_y(e: _Emitter, ys: list[list[Value | None]], plan: _Plan, batch: Dim) -> Value:
+def _stack_y(b: Builder, ys: list[list[Value | None]], plan: _Plan, batch: Dim) -> Value:
     """Y: `[seq, nd, batch, H]` (layout 0) or `[batch, seq, nd, H]` (layout 1) from per-step `[batch, H]`."""
     H, S, nd = plan.hidden, plan.seq, len(ys)
     per_dir = []
     for outs in ys:
         if plan.layout == 0:
-            cat = e.op("Concat", list(outs), None, {"axis": 0}) if S > 1 else outs[0]  # [S*batch, H]
-            per_dir.append(e.op("Reshape", [cat, e.i64([S, 1, -1, H])], (S, 1, batch, H)))
+            cat = b.op("Concat", list(outs), {"axis": 0}) if S > 1 else outs[0]  # [S*batch, H]
+            per_dir.append(b.Reshape(cat, _i64(b, [S, 1, -1, H]), shape=(S, 1, batch, H)))
         else:
-            cat = e.op("Concat", list(outs), None, {"axis": 1}) if S > 1 else outs[0]  # [batch, S*H]
-            per_dir.append(e.op("Reshape", [cat, e.i64([-1, S, 1, H])], (batch, S, 1, H)))
+            cat = b.op("Concat", list(outs), {"axis": 1}) if S > 1 else outs[0]  # [batch, S*H]
+            per_dir.append(b.Reshape(cat, _i64(b, [-1, S, 1, H]), shape=(batch, S, 1, H)))
     if nd == 1:
         return per_dir[0]
     axis = 1 if plan.layout == 0 else 2
     shape = (S, nd, batch, H) if plan.layout == 0 else (batch, S, nd, H)
-    return e.op("Concat", per_dir, shape, {"axis": axis})
+    return b.op("Concat", per_dir, {"axis": axis}, shape=shape)
 
 
-def _stack_state(e: _Emitter, states: list[Value | None], plan: _Plan, batch: Dim) -> Value:
+def _stack_state(b: Builder, states: list[Value | None], plan: _Plan, batch: Dim) -> Value:
     """Y_h / Y_c: `[nd, batch, H]` (layout 0) or `[batch, nd, H]` (layout 1) from per-direction `[batch, H]`."""
     H, nd = plan.hidden, len(states)
     assert all(s is not None for s in states)
     if plan.layout == 0:
-        cat = e.op("Concat", list(states), None, {"axis": 0}) if nd > 1 else states[0]
-        return e.op("Reshape", [cat, e.i64([nd, -1, H])], (nd, batch, H))
-    cat = e.op("Concat", list(states), None, {"axis": 1}) if nd > 1 else states[0]
-    return e.op("Reshape", [cat, e.i64([-1, nd, H])], (batch, nd, H))
+        cat = b.op("Concat", list(states), {"axis": 0}) if nd > 1 else states[0]
+        return b.Reshape(cat, _i64(b, [nd, -1, H]), shape=(nd, batch, H))
+    cat = b.op("Concat", list(states), {"axis": 1}) if nd > 1 else states[0]
+    return b.Reshape(cat, _i64(b, [-1, nd, H]), shape=(batch, nd, H))
