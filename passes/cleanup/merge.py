@@ -1,29 +1,33 @@
 """Merge chains of layout ops: Transpose∘Transpose and Reshape-like∘Reshape.
 
 Invariants:
-- Rewrites are in place on the second node (it keeps its output `Value` and name), which
-  then reads the first node's input directly. The first node stays while it has other
-  readers or is a graph output, and is removed once the rewrite leaves it unused.
-- A Transpose pair that composes to the identity is replaced by its input (`replace_value`,
-  so graph-output names never change; when that is refused the pair is left alone).
-- Nodes are visited in topological order and sweeps repeat until none applies, so a chain
-  collapses even past a link that cannot be rewritten itself (idempotent).
+- Rewrites are in place on the second node (it keeps its output `Value` and name; its input
+  and attributes change through the `Rewriter`), which then reads the first node's input
+  directly. The first node stays while it has other readers or is a graph output, and is
+  erased once the rewrite leaves it unused. The first node may be in an enclosing graph (a
+  subgraph's node reading a captured value), which is why these are plain rules and not
+  `PatternRule`s: a pattern matches inside one graph and replaces its intermediate nodes,
+  where these rules must also fire when the first node has other readers.
+- A Transpose pair that composes to the identity is replaced by its input through the
+  `Rewriter`, so graph-output names never change; when the input cannot take over an output
+  name the pair is left alone (never traded for an Identity).
+- The worklist driver revisits the nodes a rewrite touched, so a chain collapses in one run,
+  even past a link that cannot be rewritten itself (idempotent).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
-import onnx
 
-from lepton_ir.rewriter import Rewriter
-from lepton_ir import Attr, Graph, Node, Value
+from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Builder, Rewriter, replace_uses_problem
 
-from passes.base import PassContext, PassResult, register
-from passes.rewrite import Match, Rule, RewritePass, constant_value, failed, matched, replace_value
+from passes.base import register
+from passes.rewrite import Match, RewritePass, Rule, failed, matched
 
 
 def _producer(value: Value | None, op_types: tuple[str, ...]) -> Node | None:
@@ -34,11 +38,10 @@ def _producer(value: Value | None, op_types: tuple[str, ...]) -> Node | None:
     return node
 
 
-def _drop_if_dead(node: Node) -> None:
-    """Remove `node` when none of its outputs is read or is a graph output."""
-    g = node.graph
-    if g is not None and all(not o.uses and not g.is_graph_output(o) for o in node.outputs):
-        g.remove(node)
+def _erase_if_dead(rw: Rewriter, node: Node) -> None:
+    """Erase `node` when none of its outputs is read or is a graph output."""
+    if node.graph is not None and not any(o.is_used() for o in node.outputs):
+        rw.erase(node)
 
 
 def compose_perms(p1: list[int], p2: list[int]) -> list[int]:
@@ -71,24 +74,18 @@ class ComposeTransposes(Rule):
         identity = perm == list(range(len(perm)))
         if identity:
             out = node.outputs[0]
-            if graph.is_graph_output(out) and (
-                x.producer is None or x.producer.graph is not graph or graph.is_graph_output(x)
-            ):
+            if replace_uses_problem(out, x, allow_identity=False) is not None:
                 return failed(f"result is the input {x.name!r} but {out.name!r} is a graph output that cannot take it over")
         return matched(first=first, x=x, perm=perm, identity=identity)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
         first: Node = m["first"]
         if m["identity"]:
-            ok = replace_value(graph, node.outputs[0], m["x"])
-            assert ok
-            graph.remove(node)
+            rw.replace([node], [], {node.outputs[0]: m["x"]})
         else:
-            node.replace_input(0, m["x"])
-            node.attributes["perm"] = Attr(onnx.AttributeProto.INTS, list(m["perm"]))
-        _drop_if_dead(first)
+            rw.set_input(node, 0, m["x"])
+            rw.set_attribute(node, "perm", list(m["perm"]))
+        _erase_if_dead(rw, first)
 
 
 #: Ops whose output has the input's elements in the same order, only the shape differs.
@@ -129,28 +126,17 @@ class CollapseReshapes(Rule):
         return matched(first=first, shape=resolved)
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
+        assert node.graph is not None
         first: Node = m["first"]
-        node.replace_input(0, first.inputs[0])
+        rw.set_input(node, 0, first.inputs[0])
         if m["shape"] is not None:
-            node.replace_input(1, graph.add_constant(m["shape"], "shape"))
-        _drop_if_dead(first)
-
-
-class _UntilStable(RewritePass):
-    """Repeats the rule sweep until nothing applies; stats are summed over the sweeps."""
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        total: Counter[str] = Counter()
-        while (res := super().run(graph, ctx)).modified:
-            total.update(res.stats)
-        return PassResult(bool(total), dict(total))
+            rw.set_input(node, 1, Builder(node.graph, node.name or "reshape").const(m["shape"], "shape"))
+        _erase_if_dead(rw, first)
 
 
 @register
 @dataclass(frozen=True)
-class MergeTransposes(_UntilStable):
+class MergeTransposes(RewritePass):
     """Compose consecutive Transposes into one (or none)."""
 
     name: ClassVar[str] = "merge-transposes"
@@ -160,7 +146,7 @@ class MergeTransposes(_UntilStable):
 
 @register
 @dataclass(frozen=True)
-class MergeReshapes(_UntilStable):
+class MergeReshapes(RewritePass):
     """Collapse Reshape chains into the last Reshape."""
 
     name: ClassVar[str] = "merge-reshapes"

@@ -5,39 +5,31 @@ removes operators that provably return their data input unchanged (one rule per 
 
 Invariants shared by both passes:
 - A node is removed only when its output has the data input's dtype and (where both are
-  static) shape, and readers are rewired with `replace_value`, so graph-output names never
-  change. When `replace_value` would refuse (for example a graph input straight to a graph
-  output), the node stays.
+  static) shape, and its readers and graph-output slots move to the data input through the
+  `Rewriter`, so graph-output names never change. When the data input cannot take over an
+  output's name (for example a graph input straight to a graph output), the node stays: it
+  is never traded for an Identity.
 - Results are bit-exact except `x + 0.0` / `0.0 + x` / `x - (-0.0)`, which map -0.0 to
   +0.0 where the original kept -0.0 — numerically equal, within DESIGN.md §6 tolerances.
-- Both passes iterate to a local fixed point, so a second run reports `modified=False`.
+- Both passes are rule sets on the worklist driver (`passes.rewrite.RewritePass`): a removal
+  revisits the readers it rewired (removing a no-op can make a reader's operand constant),
+  so one run reaches the fixed point and a second run reports `modified=False`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 
-from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Rewriter, replace_uses_problem
 
-from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import (
-    Match,
-    Rule,
-    RewritePass,
-    can_replace_value,
-    constant_value,
-    failed,
-    matched,
-    replace_node_output,
-    replace_value,
-    static_shape,
-)
+from passes.base import register
+from passes.rewrite import Match, RewritePass, Rule, failed, matched, static_shape
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -64,10 +56,11 @@ def forward(node: Node, graph: Graph, data: Value | None, *, need_static: bool =
     if data.shape is not None and out.shape is not None and len(data.shape) != len(out.shape):
         return failed("output rank differs from input rank")
     for extra in node.outputs[1:]:
-        if extra.uses or graph.is_graph_output(extra):
+        if extra.is_used():
             return failed(f"secondary output {extra.name!r} is used")
-    if not can_replace_value(graph, out, data):
-        return failed("output is a graph output and the input cannot take over its name")
+    problem = replace_uses_problem(out, data, allow_identity=False)
+    if problem is not None:
+        return failed(f"output is a graph output and the input cannot take over its name: {problem}")
     return matched(data=data)
 
 
@@ -86,13 +79,10 @@ def _has(node: Node, index: int, attr: str) -> bool:
 
 
 class NoopRule(Rule):
-    """A rule whose match binds `data`; the rewrite forwards `data` to the node's readers."""
+    """A rule whose match binds `data`; the rewrite forwards `data` to the node's readers and removes it."""
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        done = replace_node_output(graph, node, m["data"])
-        assert done, "check() guaranteed replace_value succeeds"
+        rw.replace([node], [], {node.outputs[0]: m["data"]})
 
 
 # ----- rules ----------------------------------------------------------------------------
@@ -327,14 +317,6 @@ class EliminateNoop(RewritePass):
         ConcatNoop(), SqueezeNoop(),
     )
 
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        total: Counter[str] = Counter()
-        while True:  # removing a no-op can make a reader's operand constant: repeat to a fixed point
-            r = super().run(graph, ctx)
-            if not r.modified:
-                return PassResult(bool(total), dict(total))
-            total.update(r.stats)
-
 
 # ----- identity ---------------------------------------------------------------------------
 
@@ -348,32 +330,47 @@ def _inference_dropout(node: Node, graph: Graph) -> bool:
         mode = constant_value(graph, node.inputs[2])
         if mode is None or np.any(mode):
             return False
-    return all(not m.uses and not graph.is_graph_output(m) for m in node.outputs[1:])
+    return all(not m.is_used() for m in node.outputs[1:])
+
+
+def _forward_input(node: Node) -> Match:
+    """Match that `node`'s single data input can take over its (first) output."""
+    data = node.inputs[0] if node.inputs else None
+    if data is None:
+        return failed("data input is missing")
+    problem = replace_uses_problem(node.outputs[0], data, allow_identity=False)
+    if problem is not None:
+        return failed(problem)
+    return matched(data=data)
+
+
+class IdentityRule(NoopRule):
+    """An Identity: its input takes over its readers and output slots."""
+
+    name = "identity_removed"  # the stat key the pass has always reported
+    op_types = ("Identity",)
+
+    def check(self, node: Node, graph: Graph) -> Match:
+        return _forward_input(node)
+
+
+class InferenceDropout(NoopRule):
+    """A Dropout in inference form (see `_inference_dropout`) whose mask is not read."""
+
+    name = "dropout_removed"
+    op_types = ("Dropout",)
+
+    def check(self, node: Node, graph: Graph) -> Match:
+        if not _inference_dropout(node, graph):
+            return failed("training-mode Dropout, or its mask is read")
+        return _forward_input(node)
 
 
 @register
 @dataclass(frozen=True)
-class EliminateIdentity(Pass):
+class EliminateIdentity(RewritePass):
     """Remove Identity and inference Dropout (mask unused); a Dropout whose mask is read stays."""
 
     name: ClassVar[str] = "eliminate-identity"
     summary: ClassVar[str] = "remove Identity and inference-mode Dropout"
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        stats: Counter[str] = Counter()
-        changed = True
-        while changed:
-            changed = False
-            for g in list(graph.all_graphs()):
-                for node in g:
-                    if node.domain or node.op_type not in ("Identity", "Dropout"):
-                        continue
-                    if node.op_type == "Dropout" and not _inference_dropout(node, g):
-                        continue
-                    data = node.inputs[0] if node.inputs else None
-                    if data is None or not replace_value(g, node.outputs[0], data):
-                        continue
-                    g.remove(node)
-                    stats[f"{node.op_type.lower()}_removed"] += 1
-                    changed = True
-        return PassResult(bool(stats), dict(stats))
+    rules: ClassVar[tuple[Rule, ...]] = (IdentityRule(), InferenceDropout())
