@@ -16,6 +16,7 @@ import onnx
 import onnx.helper as oh
 import pytest
 from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto as T
 from onnx.reference import ReferenceEvaluator
 from passutil import assert_outputs_close, assert_pass_preserves, run_pass
@@ -438,11 +439,12 @@ def test_float_mod(dtype: type) -> None:
 
 
 # ----- random graphs -------------------------------------------------------------------------------
-# tests/strategies.py draws inference Dropouts and float ReduceMax (lower-ops rewrites both). It
-# cannot feed the other passes here: its inputs have dims >= 1 (fold-empty-inputs), Scan (unroll-scan),
-# preview-domain ops (expand-preview), LayerNormalization/RMSNormalization and non-float32 Elu
-# (expand-misconverted) are never drawn. canonicalize-dynamic-shapes (test_real_patterns) and
-# expand-functions (test_expand_functions) have their own random-graph tests.
+# tests/strategies.py draws inference Dropouts and float ReduceMax (lower-ops rewrites both), and a
+# random graph serves as a Scan body (unroll-scan). It cannot feed the other passes here: its inputs
+# have dims >= 1 (fold-empty-inputs), preview-domain ops (expand-preview), LayerNormalization/
+# RMSNormalization and non-float32 Elu (expand-misconverted) are never drawn.
+# canonicalize-dynamic-shapes (test_real_patterns) and expand-functions (test_expand_functions)
+# have their own random-graph tests; lower-recurrent draws its own LSTM/GRU/RNN (test_recurrent).
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -452,3 +454,41 @@ def test_lower_ops_preserves_random_graphs(m: onnx.ModelProto) -> None:
     fired = run_pass(LOWER, graph).stats
     event("lower-ops fired" if fired else "lower-ops found nothing")
     assert_pass_preserves(m, LOWER, random_inputs(m))
+
+
+@st.composite
+def scans_of_random_bodies(draw: st.DrawFn) -> onnx.ModelProto:
+    """A Scan whose body is a random graph: every body input is a scan input (its slice along a drawn
+    axis and direction of an outer input), every body output a scan output (a drawn axis and direction)."""
+    inner = draw(onnx_models(max_nodes=8))
+    length = draw(st.integers(1, 3))
+    body = onnx.GraphProto()
+    body.CopyFrom(inner.graph)
+    body.name = "body"
+    ins, outs, in_axes, out_axes = [], [], [], []
+    for k, v in enumerate(body.input):
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        a = draw(st.integers(0, len(dims)))
+        in_axes.append(a)
+        ins.append(oh.make_tensor_value_info(f"seq{k}", v.type.tensor_type.elem_type, [*dims[:a], length, *dims[a:]]))
+    for k, v in enumerate(body.output):
+        dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+        a = draw(st.integers(0, len(dims)))
+        out_axes.append(a)
+        outs.append(oh.make_tensor_value_info(f"stacked{k}", v.type.tensor_type.elem_type, [*dims[:a], length, *dims[a:]]))
+    scan = oh.make_node(
+        "Scan", [v.name for v in ins], [v.name for v in outs], name="scan", body=body, num_scan_inputs=len(ins),
+        scan_input_axes=in_axes, scan_output_axes=out_axes,
+        scan_input_directions=draw(st.lists(st.integers(0, 1), min_size=len(ins), max_size=len(ins))),
+        scan_output_directions=draw(st.lists(st.integers(0, 1), min_size=len(outs), max_size=len(outs))),
+    )
+    graph = oh.make_graph([scan], "scan_of_random_body", ins, outs)
+    return oh.make_model(graph, opset_imports=list(inner.opset_import), ir_version=inner.ir_version)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(m=scans_of_random_bodies())
+def test_unroll_scan_preserves_random_bodies(m: onnx.ModelProto) -> None:
+    graph = assert_pass_preserves(m, UnrollScan(), random_inputs(m))
+    assert "Scan" not in ops(graph)
+    assert [v.name for v in graph.outputs] == [o.name for o in m.graph.output]
