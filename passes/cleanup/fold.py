@@ -23,6 +23,8 @@ Invariants:
   failing ones (and their dependents) are left in place.
 - A folded value that is an output of its graph keeps its name: it becomes a `Constant` node
   (initializers cannot take a graph output's slot); such Constant nodes stay Constant nodes.
+  Every edit goes through a `lepton_ir.Rewriter` (readers and output slots move with
+  `replace_uses`, nodes and initializers go with `erase` / `erase_initializer`).
 - Folded nodes whose outputs are no longer read are removed, and so are initializers this
   pass created that nothing reads. Idempotent: everything foldable folds in one run.
 """
@@ -40,13 +42,14 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 from lepton_ir import Graph, Node, Tensor, Value
+from lepton_ir.constants import constant_node_tensor, constant_tensor, constant_value
 from lepton_ir.exporter import ProtoWriter
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.types import dtype_bits, np_to_onnx_dtype
 
 from passes.base import Pass, PassContext, PassResult, register
 from passes.ort import run_model
-from lepton_ir.constants import constant_node_tensor, constant_tensor, constant_value
-from passes.rewrite import replace_value, static_shape
+from passes.rewrite import static_shape
 
 EVAL_BUDGET = 64 << 20  # bytes of outputs (by bound) one onnxruntime evaluation may produce
 
@@ -90,17 +93,17 @@ class FoldConstants(Pass):
     max_bytes: int = 1 << 20
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        owners = output_owners(graph)
+        rw = Rewriter()
         created: list[tuple[Graph, Value]] = []
         n_const = n_folded = n_values = 0
         for g in list(graph.all_graphs()):
-            n_const += _constants_to_initializers(g, owners, created)
-            values, nodes = _Folder(g, owners, created, self.max_bytes).run()
+            n_const += _constants_to_initializers(rw, g, created)
+            values, nodes = _Folder(rw, g, created, self.max_bytes).run()
             n_values += values
             n_folded += nodes
         for g, v in created:
-            if not v.uses and g.initializers.get(v.name) is v:
-                del g.initializers[v.name]
+            if not v.is_used() and g.initializers.get(v.name) is v:
+                rw.erase_initializer(g, v)
         stats = {"constants_to_initializers": n_const, "nodes_folded": n_folded}
         return PassResult(bool(n_const or n_values), stats)
 
@@ -108,43 +111,30 @@ class FoldConstants(Pass):
 # ----- helpers shared with fold-shapes --------------------------------------------------
 
 
-def output_owners(graph: Graph) -> dict[int, list[Graph]]:
-    """id(value) -> the graphs (of the whole model) that list it as an output."""
-    owners: dict[int, list[Graph]] = {}
-    for g in graph.all_graphs():
-        for v in g.outputs:
-            owners.setdefault(id(v), []).append(g)
-    return owners
+def listed_elsewhere(g: Graph, v: Value) -> bool:
+    """True when a graph other than `g` lists `v` as its output (a subgraph naming an outer
+    value): such a value keeps its producer."""
+    return any(h is not g for h in v.graph_outputs)
 
 
-def pinned(g: Graph, v: Value, owners: dict[int, list[Graph]]) -> bool:
-    """True when a graph other than `g` lists `v` as its output: `v` must keep its producer."""
-    return any(h is not g for h in owners.get(id(v), ()))
+def replace_by_constant(rw: Rewriter, g: Graph, old: Value, value: np.ndarray | Tensor) -> Value:
+    """Make the readers and output slots of `old` (a node output in `g`, listed by no other
+    graph) read a constant instead, through `rw`.
 
-
-def add_tensor(g: Graph, t: Tensor, prefix: str) -> Value:
-    """A new initializer of `g` holding `t` (shared, it is immutable), named after `prefix`."""
-    return g.add_initializer(Value(g.fresh_name(prefix), t.dtype, t.shape, const_value=t))
-
-
-def set_constant(g: Graph, old: Value, value: np.ndarray | Tensor) -> Value:
-    """Make every reader of `old` (a node output in `g`) read a constant instead.
-
-    A new initializer, or, when `old` is an output of `g`, a new `Constant` node inserted
-    before `old`'s producer that takes over the output's name.
+    The constant is a new initializer, or, when `old` is an output of `g`, a new `Constant`
+    node inserted before `old`'s producer, which takes over the output's slot and name (an
+    initializer cannot; an `Identity` of one would be folded again).
     """
     t = value if isinstance(value, Tensor) else Tensor.from_numpy(value)
-    if not g.is_graph_output(old):
-        v = add_tensor(g, t, old.name or "folded")
-        old.replace_all_uses_with(v)
-        return v
-    out = Value(dtype=t.dtype, shape=t.shape)
-    node = Node("", "Constant", [], {"value": t}, outputs=[out])
-    assert old.producer is not None and old.producer.graph is g
-    g.insert_before(old.producer, node)
-    done = replace_value(g, old, out)
-    assert done, "a fresh Constant node output can always take a graph output's slot"
-    return out
+    b = Builder(g, old.name or "folded")
+    if old.graph_outputs:
+        assert old.producer is not None and old.producer.graph is g
+        new = b.op("Constant", [], {"value": t}, shape=t.shape)
+        rw.insert_before(old.producer, b.nodes)
+    else:
+        new = b.tensor(t, "folded")
+    rw.replace_uses(old, new)
+    return new
 
 
 def _nbytes(span: int, dtype: int) -> int:
@@ -159,21 +149,21 @@ def _span(shape: Iterable[int]) -> int:
 # ----- Constant -> initializer -----------------------------------------------------------
 
 
-def _constants_to_initializers(g: Graph, owners: dict[int, list[Graph]], created: list[tuple[Graph, Value]]) -> int:
-    """Replace each read `Constant` node of `g` that is not a graph output by an initializer."""
+def _constants_to_initializers(rw: Rewriter, g: Graph, created: list[tuple[Graph, Value]]) -> int:
+    """Replace each read `Constant` node of `g` that is no graph's output by an initializer."""
     count = 0
     for node in g:
         if node.op_type != "Constant" or node.domain:
             continue
         out = node.outputs[0]
-        if not out.uses or g.is_graph_output(out) or pinned(g, out, owners):
+        if not out.uses or out.graph_outputs:
             continue
         t = constant_node_tensor(node)
         if t is None:
             continue  # value_string(s), sparse_value: left alone
-        v = add_tensor(g, t, out.name)
-        out.replace_all_uses_with(v)
-        g.remove(node)
+        v = Builder(g, out.name).tensor(t, "init")
+        rw.replace_uses(out, v)
+        rw.erase(node)
         created.append((g, v))
         count += 1
     return count
@@ -185,9 +175,9 @@ def _constants_to_initializers(g: Graph, owners: dict[int, list[Graph]], created
 class _Folder:
     """Folds one graph. `bound[id(v)]` is the span bound of each candidate output."""
 
-    def __init__(self, g: Graph, owners: dict[int, list[Graph]], created: list[tuple[Graph, Value]], max_bytes: int) -> None:
+    def __init__(self, rw: Rewriter, g: Graph, created: list[tuple[Graph, Value]], max_bytes: int) -> None:
+        self.rw = rw
         self.g = g
-        self.owners = owners
         self.created = created
         self.max_bytes = max_bytes
         self.cap = max(EVAL_BUDGET, max_bytes)
@@ -204,7 +194,7 @@ class _Folder:
         ids = {id(n) for n in cands}
         needed = {
             id(o): o for n in cands for o in n.outputs
-            if o.name and (g.is_graph_output(o) or any(id(u) not in ids for u, _ in o.uses))
+            if o.name and (o.graph_outputs or any(id(u) not in ids for u, _ in o.uses))
         }
         keep: list[Node] = []  # candidates that contribute to a needed value, in reverse order
         kept: set[int] = set()
@@ -218,14 +208,14 @@ class _Folder:
         replaced = 0
         for vid, v in needed.items():
             if vid in self.results:
-                nv = set_constant(g, v, self.results[vid])
+                nv = replace_by_constant(self.rw, g, v, self.results[vid])
                 if nv.producer is None:
                     self.created.append((g, nv))
                 replaced += 1
         removed = 0
         for n in reversed(keep):
-            if not any(o.uses or g.is_graph_output(o) for o in n.outputs):
-                g.remove(n)
+            if not any(o.is_used() for o in n.outputs):
+                self.rw.erase(n)
                 removed += 1
         return replaced, removed
 
@@ -235,7 +225,7 @@ class _Folder:
         if node.domain or node.op_type in NOT_FOLDABLE or next(node.subgraphs(), None) is not None:
             return False
         inputs = [v for v in node.inputs if v is not None]
-        if not inputs or any(o.name and pinned(g, o, self.owners) for o in node.outputs):
+        if not inputs or any(o.name and listed_elsewhere(g, o) for o in node.outputs):
             return False
         spans: dict[int, tuple[int, int]] = {}  # id -> (span, bytes), distinct inputs
         for v in inputs:
@@ -335,7 +325,7 @@ class _Folder:
         if not run:
             return True
         ids = {id(n) for n in run}
-        wanted = [o for n in run for o in n.outputs if o.name and (g.is_graph_output(o) or any(id(u) not in ids for u, _ in o.uses))]
+        wanted = [o for n in run for o in n.outputs if o.name and (o.graph_outputs or any(id(u) not in ids for u, _ in o.uses))]
         if not wanted:
             return True
         root = g.root()

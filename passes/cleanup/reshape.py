@@ -33,12 +33,13 @@ from typing import ClassVar
 
 import numpy as np
 
-from lepton_ir.rewriter import Rewriter
 from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Builder, Rewriter
 from lepton_ir.shape_inference import refresh_shapes
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import Match, RewritePass, Rule, constant_value, failed, matched
+from passes.rewrite import Match, RewritePass, Rule, failed, matched
 
 
 @register
@@ -101,10 +102,8 @@ class ReshapeTargetFromDims(Rule):
         return matched(target=np.array(target, dtype=np.int64))
 
     def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        graph = node.graph
-        assert graph is not None
-        c = graph.add_constant(m["target"], (node.name or "reshape") + "_target")
-        node.replace_input(1, c)
+        assert node.graph is not None
+        rw.set_input(node, 1, Builder(node.graph, node.name or "reshape").const(m["target"], "target"))
 
 
 def _same_dim(x: Value, i: int, y: Value, k: int) -> bool:

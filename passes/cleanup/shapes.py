@@ -10,18 +10,18 @@ Rewrites (default domain, every graph and subgraph):
 
 Invariants:
 - Shapes are the import-time inferred ones; a dim that is None or a str is never trusted.
-- The rewritten node's output is replaced via `fold.set_constant` (an initializer, or a
-  `Constant` node that keeps a graph output's name); the node is removed, and so is the
-  `Shape` node feeding a Gather/Slice when nothing reads it any more. Values that another
-  graph lists as its output are left alone.
+- One rule per op on the worklist driver; the rewritten node's output is replaced through
+  the `Rewriter` by `fold.replace_by_constant` (an initializer, or a `Constant` node that
+  keeps a graph output's name); the node is erased, and so is the `Shape` node feeding a
+  Gather/Slice when nothing reads it any more. Values that another graph lists as its output
+  are left alone, and so are dead nodes (`eliminate-dead-code`'s business).
 - Everything else (Unsqueeze/Concat of the results, ...) is left to `fold-constants`.
-- One pass over the nodes reaches the fixed point: a second run changes nothing.
+- One run reaches the fixed point: a second run changes nothing.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -29,43 +29,13 @@ from typing import ClassVar
 import numpy as np
 
 from lepton_ir import Graph, Node
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Rewriter
 from lepton_ir.types import Dim
 
-from passes.base import Pass, PassContext, PassResult, register
-from passes.cleanup.fold import output_owners, pinned, set_constant
-from passes.rewrite import constant_value
-
-
-@register
-@dataclass(frozen=True)
-class FoldShapes(Pass):
-    """Replace Shape/Size (and Gather/Slice of a Shape) by constants where shapes are static."""
-
-    name: ClassVar[str] = "fold-shapes"
-    summary: ClassVar[str] = "replace Shape/Size and Gather/Slice of Shape by constants where the dims are static"
-
-    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        owners = output_owners(graph)
-        stats: Counter[str] = Counter()
-        for g in list(graph.all_graphs()):
-            for node in g:
-                if node.domain or node.graph is not g or node.op_type not in _FOLDERS:
-                    continue
-                out = node.outputs[0]
-                if not (out.uses or g.is_graph_output(out)) or pinned(g, out, owners):
-                    continue  # dead nodes are eliminate-dead-code's business
-                stat, fold = _FOLDERS[node.op_type]
-                arr = fold(g, node)
-                if arr is None:
-                    continue
-                set_constant(g, out, arr)
-                src = node.inputs[0].producer if node.op_type in ("Gather", "Slice") and node.inputs[0] else None
-                g.remove(node)
-                if src is not None and src.graph is not None and not src.outputs[0].uses:
-                    if not src.graph.is_graph_output(src.outputs[0]) and not pinned(src.graph, src.outputs[0], owners):
-                        src.graph.remove(src)
-                stats[stat] += 1
-        return PassResult(bool(stats), dict(stats))
+from passes.base import register
+from passes.cleanup.fold import listed_elsewhere, replace_by_constant
+from passes.rewrite import Match, RewritePass, Rule, failed, matched
 
 
 def shape_dims(node: Node) -> list[Dim] | None:
@@ -152,9 +122,77 @@ def _fold_slice(g: Graph, node: Node) -> np.ndarray | None:
     return None if ints is None else np.array(ints, dtype=np.int64)
 
 
-_FOLDERS: dict[str, tuple[str, Callable[[Graph, Node], np.ndarray | None]]] = {
-    "Shape": ("shapes_folded", _fold_shape),
-    "Size": ("sizes_folded", _fold_size),
-    "Gather": ("shape_gathers_folded", _fold_gather),
-    "Slice": ("shape_slices_folded", _fold_slice),
-}
+# ----- the rules and the pass ------------------------------------------------------------
+
+
+class _FoldToConstant(Rule):
+    """Replaces the node's output by the constant `fold` computes; the rule name is the stat key."""
+
+    fold: Callable[[Graph, Node], np.ndarray | None]
+    unknown: ClassVar[str]
+
+    def check(self, node: Node, graph: Graph) -> Match:
+        out = node.outputs[0]
+        if not out.is_used():
+            return failed("the output is not read (eliminate-dead-code's business)")
+        if listed_elsewhere(graph, out):
+            return failed(f"{out.name!r} is the output of another graph, so it keeps its producer")
+        arr = self.fold(graph, node)
+        if arr is None:
+            return failed(self.unknown)
+        return matched(value=arr)
+
+    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
+        g = node.graph
+        assert g is not None
+        replace_by_constant(rw, g, node.outputs[0], m["value"])
+        src = node.inputs[0].producer if node.op_type in ("Gather", "Slice") and node.inputs[0] else None
+        rw.erase(node)
+        if src is not None and src.graph is not None and not any(o.is_used() for o in src.outputs):
+            rw.erase(src)
+
+
+class FoldShape(_FoldToConstant):
+    """`Shape(x)` whose selected dims are all static."""
+
+    name = "shapes_folded"
+    op_types = ("Shape",)
+    unknown = "a selected dim of the input is not a static int (or the rank is unknown)"
+    fold = staticmethod(_fold_shape)
+
+
+class FoldSize(_FoldToConstant):
+    """`Size(x)` of a fully static shape."""
+
+    name = "sizes_folded"
+    op_types = ("Size",)
+    unknown = "the input shape is not fully static"
+    fold = staticmethod(_fold_size)
+
+
+class FoldShapeGather(_FoldToConstant):
+    """`Gather(Shape(x), constant indices)` (axis 0) picking static dims."""
+
+    name = "shape_gathers_folded"
+    op_types = ("Gather",)
+    unknown = "not a Gather of a Shape along axis 0 with constant in-range indices picking static dims"
+    fold = staticmethod(_fold_gather)
+
+
+class FoldShapeSlice(_FoldToConstant):
+    """`Slice(Shape(x), constant starts/ends/axes/steps)` picking static dims."""
+
+    name = "shape_slices_folded"
+    op_types = ("Slice",)
+    unknown = "not a Slice of a Shape with constant parameters picking static dims"
+    fold = staticmethod(_fold_slice)
+
+
+@register
+@dataclass(frozen=True)
+class FoldShapes(RewritePass):
+    """Replace Shape/Size (and Gather/Slice of a Shape) by constants where shapes are static."""
+
+    name: ClassVar[str] = "fold-shapes"
+    summary: ClassVar[str] = "replace Shape/Size and Gather/Slice of Shape by constants where the dims are static"
+    rules: ClassVar[tuple[Rule, ...]] = (FoldShape(), FoldSize(), FoldShapeGather(), FoldShapeSlice())
