@@ -143,7 +143,7 @@ def encode_e8m0(bb: relax.BlockBuilder, x: relax.Expr, saturate: bool, round_mod
     return bb.emit_te(topi.reinterpret, bb.emit(R.astype(code, "uint8")), E8M0)
 
 
-def _per_axis(bb: relax.BlockBuilder, v: relax.Expr, rank: int, axis: int) -> relax.Expr:
+def per_axis(bb: relax.BlockBuilder, v: relax.Expr, rank: int, axis: int) -> relax.Expr:
     """A 1-D per-axis parameter reshaped to broadcast along `axis` of a rank-`rank` tensor."""
     shape = v.ty.shape
     if shape is None or len(shape) != 1 or rank <= 1:
@@ -182,8 +182,8 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
         y = decode(bb, x, work)
         zp = inputs[2] if len(inputs) > 2 else None
         if zp is not None:
-            y = bb.emit(R.subtract(y, _per_axis(bb, decode(bb, zp, work), rank, axis)))
-        return bb.emit(R.multiply(y, _per_axis(bb, scale, rank, axis)))
+            y = bb.emit(R.subtract(y, per_axis(bb, decode(bb, zp, work), rank, axis)))
+        return bb.emit(R.multiply(y, per_axis(bb, scale, rank, axis)))
     if op == "QuantizeLinear" and not attrs.get("block_size", 0):
         x, scale = inputs[0], inputs[1]
         zp = inputs[2] if len(inputs) > 2 else None
@@ -195,8 +195,8 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
         work = "float64" if dtype_of(x) == "float64" else "float32"
         xs = x if dtype_of(x) == work else bb.emit(R.astype(x, work))
         s = scale if dtype_of(scale) == work else bb.emit(R.astype(scale, work))
-        v = bb.emit(R.divide(xs, _per_axis(bb, s, rank, axis)))
+        v = bb.emit(R.divide(xs, per_axis(bb, s, rank, axis)))
         if zp is not None:
-            v = bb.emit(R.add(v, _per_axis(bb, decode(bb, zp, work), rank, axis)))
+            v = bb.emit(R.add(v, per_axis(bb, decode(bb, zp, work), rank, axis)))
         return encode(bb, v, fmt, bool(attrs.get("saturate", 1)))
     return None

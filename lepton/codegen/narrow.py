@@ -179,14 +179,14 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
         work = "float64" if float8.dtype_of(x) == "float64" else "float32"
         xs = x if float8.dtype_of(x) == work else bb.emit(R.astype(x, work))
         s = scale if float8.dtype_of(scale) == work else bb.emit(R.astype(scale, work))
-        v = bb.emit(R.divide(xs, float8._per_axis(bb, s, rank, axis)))
+        v = bb.emit(R.divide(xs, float8.per_axis(bb, s, rank, axis)))
         if out_t == T.FLOAT4E2M1:
             if zp is not None:
-                v = bb.emit(R.add(v, float8._per_axis(bb, _decode_float4(bb, zp, work), rank, axis)))
+                v = bb.emit(R.add(v, float8.per_axis(bb, _decode_float4(bb, zp, work), rank, axis)))
             return _encode_float4(bb, v)
         v = bb.emit(R.round(v))
         if zp is not None:
-            v = bb.emit(R.add(v, float8._per_axis(bb, bb.emit(R.astype(zp, work)), rank, axis)))
+            v = bb.emit(R.add(v, float8.per_axis(bb, bb.emit(R.astype(zp, work)), rank, axis)))
         info = ml_dtypes.iinfo(NARROW[out_t][0])
         v = bb.emit(R.clip(v, int(info.min), int(info.max)))
         return bb.emit(R.astype(v, NARROW[out_t][2]))
@@ -201,6 +201,6 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
         y = _decode_float4(bb, x, work) if src_t == T.FLOAT4E2M1 else bb.emit(R.astype(x, work))
         if zp is not None:
             z = _decode_float4(bb, zp, work) if src_t == T.FLOAT4E2M1 else bb.emit(R.astype(zp, work))
-            y = bb.emit(R.subtract(y, float8._per_axis(bb, z, rank, axis)))
-        return bb.emit(R.multiply(y, float8._per_axis(bb, scale, rank, axis)))
+            y = bb.emit(R.subtract(y, float8.per_axis(bb, z, rank, axis)))
+        return bb.emit(R.multiply(y, float8.per_axis(bb, scale, rank, axis)))
     return None
