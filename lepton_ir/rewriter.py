@@ -100,8 +100,14 @@ class Rewriter:
             node.attributes[name] = Attr.infer(value)
         self._emit(Event.MODIFY, node)
 
-    def erase(self, node: Node) -> None:
-        """Remove `node`; refuses (IRError, graph untouched) while an output is read or is a graph output."""
+    def erase(self, node: Node, *, release_subgraphs: bool = False) -> None:
+        """Remove `node`; refuses (IRError, graph untouched) while an output is read or is a graph output.
+
+        Values its subgraphs capture lose those uses (`Graph.remove`). With `release_subgraphs`
+        (for a node deleted for good, as dead-code elimination does) the outputs of its subgraphs
+        are cleared as well, so a value of an enclosing graph that a subgraph returned stops
+        counting as a graph output (`Value.graph_outputs`, `is_used`); without it that
+        back-reference outlives the removal."""
         assert node.graph is not None
         for out in node.outputs:
             if out.is_used():
@@ -109,6 +115,10 @@ class Rewriter:
                 raise IRError(f"cannot erase node {node.name!r}: output {out.name!r} is still used by {where}")
         self._emit(Event.ERASE, node)
         node.graph.remove(node)
+        if release_subgraphs:
+            for sub in node.subgraphs():
+                for h in list(sub.all_graphs()):
+                    h.outputs = ()
 
     def can_replace_uses(self, old: Value, new: Value, *, allow_identity: bool = True) -> str | None:
         """Why `replace_uses(old, new)` would be wrong, or None (see `replace_uses_problem`)."""
@@ -334,7 +344,6 @@ def replace_uses_problem(old: Value, new: Value, *, allow_identity: bool = True)
         return (f"{old.name!r} is an output of graph {graphs[0].name!r} and {new.name!r} cannot take over its name "
                 "(a graph input, an initializer, another output or a value of another graph)")
     return None
-
 
 
 def replace_problem(old_nodes: Sequence[Node], value_map: Mapping[Value, Value | None], new_nodes: Sequence[Node] = (),

@@ -277,6 +277,29 @@ def test_erase_initializer_refuses_a_read_or_input_initializer() -> None:
     lepton_ir.verify(g)
 
 
+def test_erase_with_release_subgraphs_frees_an_outer_value_a_branch_returned() -> None:
+    def build() -> tuple[Graph, Node, Node]:  # the If's then-branch returns the outer value relu computes
+        x, cond = Value("x", F, (2,)), Value("cond", T.BOOL, ())
+        relu = Node("", "Relu", [x], name="relu")
+        relu.outputs[0].dtype = F
+        then_g = Graph("then", outputs=[relu.outputs[0]])
+        neg = Node("", "Neg", [x], name="neg")
+        neg.outputs[0].dtype = F
+        iff = Node("", "If", [cond], {"then_branch": then_g, "else_branch": Graph("else", nodes=[neg], outputs=[neg.outputs[0]])},
+                   name="if")
+        keep = Node("", "Sigmoid", [x], name="keep")
+        keep.outputs[0].dtype = F
+        return Graph("g", [x, cond], [keep.outputs[0]], [relu, iff, keep], opset_imports={"": 17}), relu, iff
+
+    g, relu, iff = build()
+    rw = Rewriter()
+    rw.erase(iff, release_subgraphs=True)
+    assert not relu.outputs[0].is_used()
+    rw.erase(relu)
+    lepton_ir.verify(g)
+    assert [n.name for n in g] == ["keep"]
+
+
 # ----- properties ----------------------------------------------------------------------------
 
 
