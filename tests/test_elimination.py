@@ -365,6 +365,24 @@ def test_dce_subgraph_output_naming_outer_value_stays_live() -> None:
     assert len(g) == 2
 
 
+def test_dce_dead_if_releases_an_outer_value_its_branch_returned() -> None:
+    """A dead If whose branch returns an outer value: the value's producer goes in the same run."""
+    x, cond = Value("x", T.FLOAT, (2,)), Value("cond", T.BOOL, ())
+    relu = Node("", "Relu", [x])
+    then = Graph("then", outputs=[relu.outputs[0]])
+    neg = Node("", "Neg", [x])
+    els = Graph("else", nodes=[neg], outputs=[neg.outputs[0]])
+    if_node = Node("", "If", [cond], {"then_branch": then, "else_branch": els})
+    keep = Node("", "Sigmoid", [x])
+    g = Graph("main", inputs=[x, cond], nodes=[relu, if_node, keep], outputs=[keep.outputs[0]])
+    for v in (*relu.outputs, *neg.outputs, *if_node.outputs, *keep.outputs):
+        v.dtype, v.shape = T.FLOAT, (2,)
+    r = run_pass(DCE, g)
+    assert dict(r.stats) == {"nodes_removed": 3, "initializers_removed": 0}  # If, its Neg, the Relu
+    assert [n.op_type for n in g] == ["Sigmoid"] and not relu.outputs[0].is_used()
+    assert not run_pass(DCE, g).modified
+
+
 def test_dce_long_dead_chain_is_linear() -> None:
     """10k dead nodes go in one run; prints the time (not asserted)."""
     x = Value("x", T.FLOAT, (4,))

@@ -6,11 +6,16 @@ Invariants:
   of outputs and the same omitted outputs. The later node's readers move to the earlier node
   (earlier in topological order, so the graph stays sorted), and the later node is removed.
 - Non-deterministic nodes (random ops, training-mode Dropout) and nodes holding subgraphs
-  never merge. Graph-output names never change (`replace_value`); a merge it refuses is skipped.
+  never merge. Readers and graph-output slots move through the `Rewriter`, so graph-output
+  names never change; a merge where the kept value cannot take over an output's name is
+  skipped (never traded for an Identity).
 - Duplicate initializers (same dtype, shape and bytes; not overridable graph inputs) merge
   into the first one; the duplicate is dropped from `graph.initializers`.
 - Work is linear: nodes are bucketed by a hashable signature (tensor data by blake2b
-  digest, confirmed with `tensors_equal`), in one sweep per graph repeated until stable.
+  digest, confirmed with `tensors_equal`), in one sweep per graph in topological order. One
+  sweep is the fixed point: a merge only changes the inputs of the merged node's readers,
+  which come later in the order and are signed when the sweep reaches them; graphs go
+  parents first, so merges reach the values subgraphs capture before those are swept.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import onnx
 from google.protobuf.message import Message
 
 from lepton_ir import Attr, Graph, Node, Tensor, Value, tensors_equal
+from lepton_ir.constants import constant_value
+from lepton_ir.rewriter import Rewriter, replace_uses_problem
 
 from passes.base import Pass, PassContext, PassResult, register
-from passes.rewrite import can_replace_value, constant_value, replace_value
 
 #: Ops whose outputs differ between two evaluations on the same inputs (any domain).
 RANDOM_OPS = frozenset(
@@ -105,10 +111,9 @@ def _signature(node: Node, digest: _Digests) -> tuple[Any, ...]:
     return (node.domain, node.op_type, node.overload, node.inputs, attrs, omitted)
 
 
-def _merge_nodes(graph: Graph, digest: _Digests, stats: Counter[str]) -> int:
-    """One sweep over `graph` in order; returns how many nodes were merged away."""
+def _merge_nodes(rw: Rewriter, graph: Graph, digest: _Digests, stats: Counter[str]) -> None:
+    """One sweep over `graph` in order, merging each node into the first equal one."""
     seen: dict[tuple[Any, ...], Node] = {}
-    merged = 0
     for node in graph:
         if not node.outputs or any(True for _ in node.subgraphs()) or not is_deterministic(node, graph):
             continue
@@ -116,19 +121,14 @@ def _merge_nodes(graph: Graph, digest: _Digests, stats: Counter[str]) -> int:
         first = seen.setdefault(sig, node)
         if first is node or not _attrs_equal(first.attributes, node.attributes):
             continue
-        pairs = list(zip(node.outputs, first.outputs, strict=True))
-        if not all(can_replace_value(graph, old, new) for old, new in pairs):
+        pairs = dict(zip(node.outputs, first.outputs, strict=True))
+        if any(replace_uses_problem(old, new, allow_identity=False) for old, new in pairs.items()):
             continue
-        for old, new in pairs:
-            ok = replace_value(graph, old, new)
-            assert ok
-        graph.remove(node)
+        rw.replace([node], [], pairs)
         stats["constants_merged" if node.op_type == "Constant" and not node.domain else "nodes_merged"] += 1
-        merged += 1
-    return merged
 
 
-def _merge_initializers(graph: Graph, digest: _Digests, stats: Counter[str]) -> None:
+def _merge_initializers(rw: Rewriter, graph: Graph, digest: _Digests, stats: Counter[str]) -> None:
     """Redirect readers of duplicate initializers to the first equal one and drop the duplicates."""
     inputs = {id(v) for v in graph.inputs}
     by_type: dict[tuple[int, tuple[int, ...]], list[Value]] = {}
@@ -145,8 +145,9 @@ def _merge_initializers(graph: Graph, digest: _Digests, stats: Counter[str]) -> 
             keep = next((k for k in bucket if tensors_equal(k.const_value, v.const_value)), None)  # type: ignore[arg-type]
             if keep is None:
                 bucket.append(v)
-            elif replace_value(graph, v, keep):
-                del graph.initializers[v.name]
+            elif replace_uses_problem(v, keep, allow_identity=False) is None:
+                rw.replace_uses(v, keep)
+                rw.erase_initializer(graph, v)
                 stats["constants_merged"] += 1
 
 
@@ -161,8 +162,8 @@ class EliminateCommonSubexpressions(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         stats: Counter[str] = Counter({"nodes_merged": 0, "constants_merged": 0})
         digest = _Digests()
+        rw = Rewriter()
         for g in list(graph.all_graphs()):  # parents first: their merges reach captured values
-            _merge_initializers(g, digest, stats)
-            while _merge_nodes(g, digest, stats):
-                pass
+            _merge_initializers(rw, g, digest, stats)
+            _merge_nodes(rw, g, digest, stats)
         return PassResult(stats["nodes_merged"] + stats["constants_merged"] > 0, dict(stats))

@@ -9,16 +9,18 @@ Invariants:
 - Initializers that are graph inputs (overridable) are never removed: they are part of the
   model's signature.
 - One reverse sweep per graph (subgraphs of a node swept before the node) removes whole
-  dead chains: linear in the number of nodes and edges.
+  dead chains: linear in the number of nodes and edges. Liveness is `Value.is_used()`; nodes
+  and initializers go through the `Rewriter` (`erase(release_subgraphs=True)`, so what a
+  removed node's subgraphs returned stops counting as used; `erase_initializer`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
-from lepton_ir import Graph, Node
+from lepton_ir import Graph
+from lepton_ir.rewriter import Rewriter
 
 from passes.base import Pass, PassContext, PassResult, register
 
@@ -32,42 +34,28 @@ class EliminateDeadCode(Pass):
     summary: ClassVar[str] = "remove nodes and initializers whose results are never used"
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
-        # How many graph-output slots (of any graph in the model) name each value.
-        out_refs: Counter[int] = Counter(id(v) for g in graph.all_graphs() for v in g.outputs)
-        nodes_removed = _sweep(graph, out_refs)
+        rw = Rewriter()
+        nodes_removed = _sweep(rw, graph)
         inits_removed = 0
         for g in list(graph.all_graphs()):
             input_ids = {id(v) for v in g.inputs}
-            for name, v in list(g.initializers.items()):
-                if not v.uses and id(v) not in input_ids and not out_refs[id(v)]:
-                    del g.initializers[name]
+            for v in list(g.initializers.values()):
+                if not v.is_used() and id(v) not in input_ids:
+                    rw.erase_initializer(g, v)
                     inits_removed += 1
         stats = {"nodes_removed": nodes_removed, "initializers_removed": inits_removed}
         return PassResult(bool(nodes_removed or inits_removed), stats)
 
 
-def _sweep(graph: Graph, out_refs: Counter[int]) -> int:
-    """Remove dead nodes of `graph` in reverse order (subgraphs first); return the count."""
+def _sweep(rw: Rewriter, graph: Graph) -> int:
+    """Remove dead nodes of `graph` in reverse order (subgraphs first); return the count, the
+    nodes inside a removed node's subgraphs included."""
     removed = 0
     for node in reversed(graph.nodes):
         for sub in node.subgraphs():
-            removed += _sweep(sub, out_refs)
-        if any(out.uses or out_refs[id(out)] for out in node.outputs):
+            removed += _sweep(rw, sub)
+        if any(out.is_used() for out in node.outputs):
             continue
-        removed += _drop_subgraphs(node, out_refs)
-        graph.remove(node, safe=False)  # checked above: no uses, not an output of any graph
-        removed += 1
-    return removed
-
-
-def _drop_subgraphs(node: Node, out_refs: Counter[int]) -> int:
-    """Empty the subgraphs of a node about to be removed, releasing the outer values they read."""
-    removed = 0
-    for sub in node.subgraphs():
-        for g in list(sub.all_graphs()):
-            out_refs.subtract(id(v) for v in g.outputs)
-        for g in reversed(list(sub.all_graphs())):
-            for inner in reversed(g.nodes):
-                g.remove(inner, safe=False)
-                removed += 1
+        removed += 1 + sum(len(h) for sub in node.subgraphs() for h in sub.all_graphs())
+        rw.erase(node, release_subgraphs=True)
     return removed
