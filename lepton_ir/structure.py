@@ -8,7 +8,7 @@ Returns the nodes in a topological order (stable: a sorted graph keeps its order
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 
 import onnx
 
@@ -111,7 +111,16 @@ def check_and_sort(graph: onnx.GraphProto, outer: frozenset[str] = frozenset()) 
     return [graph.node[i] for i in _toposort(graph, deps, where)]
 
 
-def _toposort(graph: onnx.GraphProto, deps: list[set[int]], where: str) -> list[int]:
+def topological_indices(deps: Sequence[Collection[int]]) -> tuple[list[int], list[int]]:
+    """A stable topological order of items `0..n-1`, item i depending on the items `deps[i]`.
+
+    Stable: among the items that are ready, the lowest index goes first, so an order that is
+    already topological is kept. Returns `(order, cycle)`; `cycle` is empty when there is
+    none. Otherwise `order` is partial (the items that depend on no cycle) and `cycle` is one
+    dependency loop, found by walking back along unresolved dependencies until an item repeats
+    (items merely downstream of a loop are left out). Serves the proto-level check here and
+    `lepton_ir.verifier.topological_order` (the IR's `Graph.sort`).
+    """
     n = len(deps)
     users: list[list[int]] = [[] for _ in range(n)]
     indegree = [0] * n
@@ -129,17 +138,21 @@ def _toposort(graph: onnx.GraphProto, deps: list[set[int]], where: str) -> list[
             indegree[u] -= 1
             if indegree[u] == 0:
                 heapq.heappush(ready, u)
-    if len(order) < n:
-        # Walk back along unresolved dependencies until a node repeats: that loop is a cycle
-        # (nodes merely downstream of it are left out of the message).
-        path: list[int] = []
-        seen: dict[int, int] = {}
-        i = next(i for i in range(n) if indegree[i] > 0)
-        while i not in seen:
-            seen[i] = len(path)
-            path.append(i)
-            i = min(d for d in deps[i] if indegree[d] > 0)
-        cycle = path[seen[i]:][::-1]
+    if len(order) == n:
+        return order, []
+    path: list[int] = []
+    seen: dict[int, int] = {}
+    i = next(i for i in range(n) if indegree[i] > 0)
+    while i not in seen:
+        seen[i] = len(path)
+        path.append(i)
+        i = min(d for d in deps[i] if indegree[d] > 0)
+    return order, path[seen[i]:][::-1]
+
+
+def _toposort(graph: onnx.GraphProto, deps: list[set[int]], where: str) -> list[int]:
+    order, cycle = topological_indices(deps)
+    if cycle:
         names = ", ".join(_label(graph.node[j], j) for j in cycle[:10])
         raise InvalidModelError(f"{where} has a cycle: these nodes depend on each other's outputs: {names}")
     return order

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import heapq
 
 import onnx
 
 from lepton_ir.core import Graph, Node, Value
 from lepton_ir.errors import IRError
+from lepton_ir.structure import topological_indices
 
 _SCHEMA_DOMAINS = {"", "ai.onnx.ml"}
 
@@ -128,35 +128,17 @@ def _check_schema(node: Node, opsets: dict[str, int]) -> None:
 
 
 def topological_order(graph: Graph) -> list[Node]:
-    """A stable topological order of `graph`'s nodes (captured values of subgraphs count as inputs)."""
+    """A stable topological order of `graph`'s nodes (captured values of subgraphs count as inputs);
+    `IRError` naming the nodes of a cycle."""
     nodes = graph.nodes
     index = {id(n): i for i, n in enumerate(nodes)}
-    deps: list[set[int]] = []
-    for n in nodes:
-        ds = set()
-        for v in _node_reads(n):
-            if v.producer is not None and id(v.producer) in index:
-                ds.add(index[id(v.producer)])
-        deps.append(ds)
-    users: list[list[int]] = [[] for _ in nodes]
-    indeg = [len(d) for d in deps]
-    for i, ds in enumerate(deps):
-        for d in ds:
-            users[d].append(i)
-    ready = [i for i, k in enumerate(indeg) if k == 0]
-    heapq.heapify(ready)
-    order: list[Node] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(nodes[i])
-        for u in users[i]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(ready, u)
-    if len(order) != len(nodes):
-        stuck = ", ".join(repr(nodes[i].name) for i, k in enumerate(indeg) if k > 0)
-        raise IRError(f"graph {graph.name!r} has a cycle through nodes {stuck}")
-    return order
+    deps = [{index[id(v.producer)] for v in _node_reads(n) if v.producer is not None and id(v.producer) in index}
+            for n in nodes]
+    order, cycle = topological_indices(deps)
+    if cycle:
+        names = ", ".join(repr(nodes[i].name) for i in cycle[:10])
+        raise IRError(f"graph {graph.name!r} has a cycle through nodes {names}")
+    return [nodes[i] for i in order]
 
 
 def _node_reads(node: Node) -> list[Value]:

@@ -13,6 +13,7 @@ from onnx import TensorProto as T
 
 import lepton_ir
 from lepton_ir import Attr, Graph, IRError, Node, Value
+from lepton_ir.structure import topological_indices
 
 F = T.FLOAT
 
@@ -340,6 +341,23 @@ def test_sort_restores_topological_order() -> None:
     g.sort()
     assert [n.name for n in g] == ["a", "b", "c", "late"]
     lepton_ir.verify(g)
+
+
+def test_sort_of_a_cycle_names_the_nodes_on_it_and_leaves_the_graph_alone() -> None:
+    g, x, (a, b, c) = chain_graph()
+    b.replace_input(0, c.outputs[0])  # b reads c, c reads b: a loop; nothing downstream is on it
+    order = [n.name for n in g]
+    with pytest.raises(IRError, match="cycle through nodes") as err:
+        g.sort()
+    assert "'b'" in str(err.value) and "'c'" in str(err.value) and "'a'" not in str(err.value)
+    assert [n.name for n in g] == order
+
+
+def test_topological_indices_is_stable_and_reports_one_loop() -> None:
+    assert topological_indices([set(), {0}, {0}, {1, 2}]) == ([0, 1, 2, 3], [])
+    assert topological_indices([{2}, set(), {1}]) == ([1, 2, 0], [])  # the lowest ready index first
+    order, cycle = topological_indices([set(), {2}, {1}, {2}])  # 1 <-> 2; 3 only downstream
+    assert order == [0] and sorted(cycle) == [1, 2]
 
 
 # ----- names ---------------------------------------------------------------------------------
