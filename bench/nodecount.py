@@ -283,10 +283,11 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
                 notes.append(f"- {r['model']}, {tool}: {t.get('error', 'not run')}")
                 continue
             bad = t.get("outputs_match") is False
-            cells.append(f"{t['nodes']}{' (**outputs differ**)' if bad else ''}")
-            if bad:
-                notes.append(f"- {r['model']}, {tool}: outputs differ from the original's (max abs err "
-                             f"{t['max_abs_err']:.3g}) {t.get('check_error', '')}".rstrip())
+            cells.append(f"{t['nodes']}{(' (**not runnable**)' if 'check_error' in t else ' (**outputs differ**)') if bad else ''}")
+            if bad and "check_error" in t:
+                notes.append(f"- {r['model']}, {tool}: onnxruntime cannot run the graph: {t['check_error']}")
+            elif bad:
+                notes.append(f"- {r['model']}, {tool}: outputs differ from the original's (max abs err {t['max_abs_err']:.3g})")
         contrib = r["tools"].get("ort-extended", {}).get("contrib_ops", {})
         ops = ", ".join(f"{k.split('::', 1)[1]} {v}" for k, v in contrib.items()) or "-"
         lines.append(f"| {r['model']} | {r['source']} | {r['nodes']} | {' | '.join(cells)} | {ops} |")
