@@ -15,12 +15,12 @@ from onnx import TensorProto as T
 import lepton_ir
 import passes.cleanup.fold
 from lepton_ir import Graph
+from lepton_ir.constants import constant_value
 from passes import PassContext
 from passes.cleanup.fold import FoldConstants
 from passes.cleanup.shapes import FoldShapes
 from passes.manager import PassManager
 from passes.ort import run_model
-from passes.rewrite import constant_value
 from passutil import assert_outputs_close, assert_pass_preserves, run_pass, serialized
 
 FOLD, SHAPES = FoldConstants(), FoldShapes()

@@ -21,10 +21,10 @@ from strategies import onnx_models, random_inputs
 
 import lepton
 import lepton_ir
+from lepton_ir.constants import constant_value
 from lepton.errors import ConversionError, UnsupportedOpsError
 from passes.lowering.dynamic_shapes import CanonicalizeDynamicShapes
 from passes.ort import run_model
-from passes.rewrite import constant_value
 
 try:
     from patterns.torch_models import torch_patterns

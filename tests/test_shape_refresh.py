@@ -21,12 +21,12 @@ import bench.models
 import lepton
 import lepton_ir
 from lepton_ir import Graph, Value
+from lepton_ir.constants import constant_value
 from lepton_ir.shape_inference import LIGHT_MAX_BYTES, light_model, refresh_shapes
 from passes import PassManager
 from passes.cleanup import CLEANUP_PIPELINE
 from passes.cleanup.reshape import FoldReshapeTargets, InferShapes
 from passes.ort import run_model
-from passes.rewrite import constant_value
 
 INFER, FOLD_TARGETS = InferShapes(), FoldReshapeTargets()
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
