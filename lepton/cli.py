@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import nullcontext
 import os
@@ -10,6 +11,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 import lepton_ir
 from lepton.artifact import load as load_artifact
@@ -19,6 +21,7 @@ from lepton.cli_targets import targets_app
 from lepton.cli_tune import tune_cmd
 from lepton.input_shapes import parse_input_shape
 from lepton.inspect import inspect_model
+from lepton.optimize import explain_rule
 from lepton.optimize import optimize as run_optimize
 from lepton.report import compile_json, compile_summary, console, outputs_json, outputs_table, pass_json, pass_table
 from lepton_ir import UserError
@@ -39,6 +42,7 @@ def optimize(
     dump_ir: Annotated[str | None, typer.Option("--dump-ir", help="folder for the IR after each pass (NNN_<pass>.onnx)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+    explain: Annotated[list[str] | None, typer.Option("--explain", help="rewrite rule to explain: where it fired, or its closest partial match and why it failed (repeatable)")] = None,
 ) -> None:
     """Run the cleanup pipeline (or --passes) over MODEL and write the result."""
     try:
@@ -46,6 +50,7 @@ def optimize(
             raise UserError(f"output {output!r} is a folder; give a file name ending in .onnx")
         with err.status("optimizing", spinner="dots") if not (quiet or as_json) else nullcontext():
             result = run_optimize(model, passes or CLEANUP_PIPELINE, dump_ir=dump_ir)
+        explained = [explain_rule(result, passes or CLEANUP_PIPELINE, r) for r in explain or ()]
         out_dir = os.path.dirname(os.path.abspath(output))
         os.makedirs(out_dir, exist_ok=True)
         files = lepton_ir.save(result.graph, output)
@@ -55,9 +60,13 @@ def optimize(
     if as_json:
         report = pass_json(result)
         report["files"] = files
+        if explained:
+            report["explain"] = [dataclasses.asdict(e) for e in explained]
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
     elif not quiet:
         out.print(pass_table(result))
+        for e in explained:
+            out.print(escape(e.text()), highlight=False)
         out.print(f"wrote {', '.join(files)}")
 
 

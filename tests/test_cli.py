@@ -119,3 +119,21 @@ def test_inspect_reports_ops_flops_and_unsupported(tmp_path: str) -> None:
     assert info["flops"] > 0 and info["params"] > 0 and info["unsupported"] == []
     res = runner.invoke(app, ["inspect", DEMO])
     assert res.exit_code == 0 and "Conv" in res.stdout
+
+
+def test_optimize_explains_a_rule_that_fired_and_one_that_did_not(tmp_path: str) -> None:
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as oh
+
+    g = oh.make_graph([oh.make_node("Transpose", ["x"], ["t"], perm=[1, 0]), oh.make_node("Relu", ["t"], ["y"])], "m",
+                      [oh.make_tensor_value_info("x", T.FLOAT, [2, 3])], [oh.make_tensor_value_info("y", T.FLOAT, [3, 2])])
+    src = os.path.join(tmp_path, "t.onnx")
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)]), src)
+    out = os.path.join(tmp_path, "o.onnx")
+    res = runner.invoke(app, ["optimize", src, "-o", out, "--json", "--explain", "compose-transposes"])
+    assert res.exit_code == 0, res.output
+    (e,) = json.loads(res.stdout)["explain"]
+    assert e["fired"] == 0 and e["node"] and "not produced by a Transpose" in e["reason"]
+    res = runner.invoke(app, ["optimize", DEMO, "-o", out, "--explain", "no-such-rule"])
+    assert res.exit_code == 2 and "no pass of the pipeline has a rule named 'no-such-rule'" in res.output
