@@ -12,6 +12,7 @@ import onnx
 
 from lepton_ir.core import Attr, Graph, Node, Value
 from lepton_ir.errors import UserError
+from lepton_ir.functions import functions_for
 from lepton_ir.tensor import Tensor
 
 PROTOBUF_LIMIT = 2**31 - 1
@@ -142,6 +143,7 @@ class ProtoWriter:
         for k, v in g.metadata_props.items():
             m.metadata_props.add(key=k, value=v)
         m.graph.CopyFrom(self.graph(g))
+        m.functions.extend(functions_for(g))  # the bodies of the Lepton-domain ops it uses (lepton_ir.functions)
         return m
 
 

@@ -5,6 +5,7 @@ from passes.manager import IRDump, PassError, PassManager, PassRecord, PipelineR
 import passes.cleanup  # noqa: F401, E402 - registers the cleanup passes
 import passes.fusion  # noqa: F401, E402 - registers the fusion passes
 import passes.lowering  # noqa: F401, E402 - registers the lowering passes (expand-functions)
+import passes.layout  # noqa: F401, E402 - registers the layout pass (convert-layout)
 
 __all__ = [
     "REGISTRY", "IRDump", "Pass", "PassContext", "PassError", "PassManager", "PassRecord", "PassResult",

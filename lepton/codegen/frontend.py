@@ -18,7 +18,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from lepton.codegen import float8, narrow
+from lepton.codegen import float8, layout_ops, narrow
 from lepton.codegen.provenance import Provenance
 from lepton.errors import ConversionError, SourceNode, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
@@ -70,6 +70,8 @@ def _why_unsupported(node: Node) -> str | None:
     elif node.domain == "com.microsoft":
         if node.op_type not in _MS_OPS:
             return "onnxruntime contrib op TVM does not convert"
+    elif layout_ops.converts(node):  # convert-layout's channels-last ops
+        pass
     elif node.domain == "ai.onnx.preview.training":
         return "training op (ai.onnx.preview.training): Lepton compiles inference graphs"
     else:
@@ -129,7 +131,7 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
 
     def _check_for_unsupported_ops(self, graph):  # type: ignore[no-untyped-def]
         """TVM's check, knowing the ops Lepton converts itself (BitCast)."""
-        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS})
+        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS | layout_ops.OPS})
         if missing:
             raise tvm.error.OpNotImplemented("The following operators are not supported for frontend ONNX: " + ", ".join(missing))
 
@@ -149,6 +151,8 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             return self.bb.normalize(_bitcast(self.bb, inputs[0], onnx_frontend.get_type(attrs["to"])))
         if op_name == "Clip":
             return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
+        if op_name in layout_ops.OPS:
+            return self.bb.normalize(layout_ops.convert(self.bb, op_name, inputs, attrs, [self._nodes, self._params]))
         if op_name in _FLOAT8_OPS:
             sym = narrow.convert(self.bb, op_name, inputs, attrs)
             if sym is not None:
@@ -223,7 +227,7 @@ def to_relax(graph: Graph, provenance: Provenance | None = None) -> tvm.IRModule
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            return importer.from_onnx(model.graph, opset)
+            return layout_ops.mark(graph, importer.from_onnx(model.graph, opset))
     except _NodeFailure as f:
         raise ConversionError(_conversion_message(graph, f.node, f.op, f.message)) from None
     except Exception as e:  # noqa: BLE001 - outside a converter (graph inputs, outputs, If)

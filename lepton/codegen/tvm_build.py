@@ -32,6 +32,7 @@ from tvm import relax
 
 from lepton.codegen import vector_math
 from lepton.codegen.conv_transpose import lower_conv2d_transpose
+from lepton.codegen import layout_ops
 from lepton.codegen.failures import error_line, tool_failure, tvm_failures
 from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
 from lepton.codegen.provenance import Provenance
@@ -210,6 +211,10 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonChannelsLast")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if layout_ops.laid_out(mod):  # Lepton's convert-layout did it: ops it left in NCHW stay there
+            if notes is not None:
+                notes.append(_layout_note("layouts after Lepton's convert-layout (TVM's ConvertLayout skipped)", mod))
+            return mod
         if not any(op in ("relax.nn.conv2d", "relax.nn.conv2d_transpose") for op, _ in _layouts(mod)):
             return mod
         try:
@@ -219,13 +224,17 @@ def _channels_last(notes: list[str] | None = None) -> tvm.transform.Pass:
                 notes.append(f"convolutions kept NCHW: TVM's layout conversion failed ({_first_line(e)[:200]})")
             return mod
         if notes is not None:
-            found = sorted(_layouts(converted).items())
-            notes.append("layouts after channels-last conversion (HWIO conv2d weights): " + ", ".join(
-                f"{n} {op.removeprefix('relax.').removeprefix('nn.').removeprefix('image.')} {layout}"
-                for (op, layout), n in found))
+            notes.append(_layout_note("layouts after channels-last conversion", converted))
         return converted
 
     return _pass
+
+
+def _layout_note(title: str, mod: tvm.IRModule) -> str:
+    """`title (HWIO conv2d weights): 3 conv2d NHWC, ...`: each layout-carrying op's layout in `mod`."""
+    return f"{title} (HWIO conv2d weights): " + ", ".join(
+        f"{n} {op.removeprefix('relax.').removeprefix('nn.').removeprefix('image.')} {layout}"
+        for (op, layout), n in sorted(_layouts(mod).items()))
 
 
 def _layouts(mod: tvm.IRModule) -> Counter[tuple[str, str]]:
