@@ -127,6 +127,9 @@ class Rewriter:
     def replace_uses(self, old: Value, new: Value, *, keep: Node | None = None) -> None:
         """Make every reader of `old` read `new`, graph-output slots included (names kept stable).
 
+        A graph input listed as a graph output stays that output (it passes through; renaming it
+        would change the model's signature).
+
         `keep` (typically the node computing `new` from `old`, inserted after it) goes on reading `old`."""
         if old is new:
             return
@@ -140,6 +143,8 @@ class Rewriter:
                 u.replace_input(i, new)
         for u in users:
             self._emit(Event.MODIFY, u)
+        if old.producer is None and old.const_value is None:
+            return  # a graph input that is also an output passes through: its name is the signature's
         name = old.name
         named = False  # whether `name` has been handed on (a value of several graphs' outputs keeps it once)
 

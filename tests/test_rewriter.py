@@ -351,3 +351,16 @@ def test_any_sequence_of_edits_keeps_use_def_outputs_and_results(model: onnx.Mod
                 if v is not None:
                     assert all(u.graph is not None for u, _ in v.uses)
     assert_outputs_close(expected, run_model(lepton_ir.to_onnx(g), inputs))
+
+
+def test_replace_uses_of_a_graph_input_that_is_also_an_output_keeps_the_signature() -> None:
+    x = Value("x", F, (2,))
+    relu = Node("", "Relu", [x], name="relu")
+    relu.outputs[0].dtype, relu.outputs[0].shape = F, (2,)
+    g = Graph("g", [x], [x, relu.outputs[0]], [relu], opset_imports={"": 17})
+    b = Builder(g, "n")
+    y = b.Abs(x)
+    Rewriter().insert_before(relu, b.nodes)
+    Rewriter().replace_uses(x, y, keep=b.nodes[0])
+    lepton_ir.verify(g)
+    assert [v.name for v in g.inputs] == ["x"] and g.outputs[0] is x and relu.inputs == (y,)
