@@ -340,8 +340,8 @@ def replace_uses_problem(old: Value, new: Value, *, allow_identity: bool = True)
     for user in old.users():
         if new.producer is user:
             return f"{new.name!r} is computed from {old.name!r} by {user.name!r} (a cycle)"
-    if allow_identity:
-        return None
+    if allow_identity or (old.producer is None and old.const_value is None):
+        return None  # a graph input keeps its output slots (`replace_uses`): no Identity either
     graphs = list(dict.fromkeys(old.graph_outputs))
     if len(graphs) > 1:
         return f"{old.name!r} is an output of {len(graphs)} graphs; {new.name!r} can take over the name in one only"

@@ -243,6 +243,9 @@ def test_can_replace_uses_without_identity_says_when_the_name_cannot_move() -> N
     assert "a cycle" in rw.can_replace_uses(a.outputs[0], b.outputs[0], allow_identity=False)
     g.outputs = (y, b.outputs[0])
     assert "cannot take over" in rw.can_replace_uses(y, b.outputs[0], allow_identity=False)  # already an output
+    g.outputs = (y, x)
+    w = Builder(g, "w").const(np.ones((2, 3), np.float32))
+    assert rw.can_replace_uses(x, w, allow_identity=False) is None  # a graph input keeps its output slot
 
 
 def test_replace_uses_of_a_value_listed_twice_among_the_outputs_moves_both_slots_once() -> None:
