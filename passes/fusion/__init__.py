@@ -5,4 +5,5 @@ standard ONNX; the others are ops onnxruntime also runs (its com.microsoft contr
 lepton-domain ops with ONNX function bodies, so every intermediate graph runs in onnxruntime.
 """
 
-from passes.fusion import batchnorm  # noqa: F401 - registers fuse-batchnorm
+from passes.fusion import batchnorm  # noqa: F401 - registers fuse-batchnorm, decompose-batchnorm
+from passes.fusion import bias  # noqa: F401 - registers fuse-bias
