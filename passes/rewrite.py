@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from lepton_ir import Graph, InternalError, Node, UserError, Value
-from lepton_ir.constants import constant_value  # noqa: F401 - re-exported until passes/fusion/batchnorm.py's migration lands
 from lepton_ir.rewriter import Builder, Event, Rewriter, replace_problem
 
 from passes.base import Pass, PassContext, PassResult, RuleStats
@@ -227,47 +226,3 @@ def static_shape(v: Value | None) -> tuple[int, ...] | None:
     if v is None or v.shape is None or not all(isinstance(d, int) for d in v.shape):
         return None
     return tuple(v.shape)  # type: ignore[arg-type]
-
-
-# ----- pending removal (#13) -------------------------------------------------------------
-# The old takeover helpers. Their one remaining caller is passes/fusion/batchnorm.py as
-# committed (its migration to the Rewriter is under way); they go, with the constant_value
-# re-export above, once that lands. New code uses lepton_ir.rewriter.Rewriter.replace_uses /
-# replace and lepton_ir.constants.
-
-
-def can_replace_value(graph: Graph, old: Value, new: Value) -> bool:
-    """Whether `replace_value(graph, old, new)` would succeed."""
-    if old is new or not graph.is_graph_output(old):
-        return True
-    return new.producer is not None and new.producer.graph is graph and not graph.is_graph_output(new)
-
-
-def replace_value(graph: Graph, old: Value, new: Value) -> bool:
-    """Make every reader of `old` read `new`; keep graph-output names stable.
-
-    When `old` is an output of `graph`, `new` takes over its slot and its name — possible
-    only if `new` is a node output that is not itself a graph input, initializer or
-    output. Returns False (graph untouched) when that is not possible.
-    """
-    if not can_replace_value(graph, old, new):
-        return False
-    if old is not new and graph.is_graph_output(old):
-        old_name = old.name
-        old.name = graph.fresh_name(old_name + "_replaced")
-        new.name = old_name
-        if new.dtype is None:
-            new.dtype = old.dtype
-        if new.shape is None:
-            new.shape = old.shape
-        graph.outputs = [new if v is old else v for v in graph.outputs]
-    old.replace_all_uses_with(new)
-    return True
-
-
-def replace_node_output(graph: Graph, node: Node, new: Value) -> bool:
-    """Replace `node`'s single output by `new` and remove `node` when that succeeds."""
-    if not replace_value(graph, node.outputs[0], new):
-        return False
-    graph.remove(node)
-    return True
