@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 
 from lepton_ir.errors import IRError
+from lepton_ir.structure import topological_indices
 from lepton_ir.tensor import Tensor
 from lepton_ir.types import Shape, dtype_name, format_shape, np_to_onnx_dtype
 
@@ -285,6 +286,7 @@ class Graph:
         "doc",
         "parent",
         "_outputs",
+        "_outputs_linked",
         "_head",
         "_count",
         "_counter",
@@ -305,6 +307,7 @@ class Graph:
         self.name = name
         self.inputs: list[Value] = list(inputs)
         self._outputs: tuple[Value, ...] = ()
+        self._outputs_linked = True  # False while the node holding this subgraph is removed
         self.outputs = tuple(outputs)
         self.initializers: dict[str, Value] = {}
         self.opset_imports: dict[str, int] = dict(opset_imports or {"": 17})
@@ -333,11 +336,22 @@ class Graph:
     @outputs.setter
     def outputs(self, values: Iterable[Value]) -> None:
         new = tuple(values)
+        if self._outputs_linked:
+            self._unlink_outputs()
+            self._outputs = new
+            self._link_outputs()
+        else:
+            self._outputs = new
+
+    def _link_outputs(self) -> None:
+        self._outputs_linked = True
+        for v in self._outputs:
+            v._output_of.append(self)
+
+    def _unlink_outputs(self) -> None:
+        self._outputs_linked = False
         for v in self._outputs:
             v._output_of.remove(self)
-        for v in new:
-            v._output_of.append(self)
-        self._outputs = new
 
     # ----- node list (doubly linked; O(1) insert and remove) ---------------------------
     def __iter__(self) -> Iterator[Node]:
@@ -403,8 +417,11 @@ class Graph:
         node._register_uses()
         for sub in node.subgraphs():
             sub.parent = node
-            for inner in sub.all_nodes():  # a node moved back in: its subgraphs' captures count again
-                inner._register_uses()
+            for h in sub.all_graphs():  # a node moved back in: its subgraphs' captures and outputs count again
+                if not h._outputs_linked:
+                    h._link_outputs()
+                for inner in h.nodes:
+                    inner._register_uses()
         nxt = prev._next
         node._prev, node._next = prev, nxt
         prev._next = node
@@ -415,8 +432,9 @@ class Graph:
         """Remove `node`. With `safe`, refuse (graph untouched) if an output is read by a linked node
         or is an output of any graph (this one or a nested one).
 
-        Its inputs are kept (a removed node reads them but is not their use). The nodes of its
-        subgraphs are unlinked too, so outer values they captured lose those uses.
+        Its inputs are kept (a removed node reads them but is not their use). Its subgraphs'
+        nodes and outputs stop counting too, so outer values they read or returned lose those
+        uses; re-inserting the node restores them.
         """
         if node.graph is not self:
             raise IRError(f"node {node.name!r} is not in graph {self.name!r}")
@@ -428,9 +446,12 @@ class Graph:
                 if out._output_of:
                     raise IRError(f"cannot remove node {node.name!r}: {out.name!r} is an output of graph {out._output_of[0].name!r}")
         node._unregister_uses()
-        for sub in node.subgraphs():  # values captured from outer scopes lose those uses
-            for inner in sub.all_nodes():
-                inner._unregister_uses()
+        for sub in node.subgraphs():  # values captured (read or returned) from outer scopes lose those uses
+            for h in sub.all_graphs():
+                if h._outputs_linked:
+                    h._unlink_outputs()
+                for inner in h.nodes:
+                    inner._unregister_uses()
         node._prev._next = node._next
         node._next._prev = node._prev
         node._prev = node._next = None
@@ -439,8 +460,6 @@ class Graph:
 
     def sort(self) -> None:
         """Reorder nodes topologically (stable); raise `IRError` naming the nodes on a cycle."""
-        from lepton_ir.verifier import topological_order
-
         order = topological_order(self)
         head = self._head
         prev = head
@@ -509,11 +528,6 @@ class Graph:
         for g in self.all_graphs():
             yield from g.nodes
 
-    def __str__(self) -> str:
-        from lepton_ir.printer import format_graph
-
-        return format_graph(self)
-
     def __repr__(self) -> str:
         return f"Graph({self.name!r}, {self._count} nodes)"
 
@@ -526,3 +540,27 @@ class _Sentinel:
     def __init__(self) -> None:
         self._prev: Any = self
         self._next: Any = self
+
+
+def topological_order(graph: Graph) -> list[Node]:
+    """A stable topological order of `graph`'s nodes (captured values of subgraphs count as inputs);
+    `IRError` naming the nodes of a cycle."""
+    nodes = graph.nodes
+    index = {id(n): i for i, n in enumerate(nodes)}
+    deps = [{index[id(v.producer)] for v in _node_reads(n) if v.producer is not None and id(v.producer) in index}
+            for n in nodes]
+    order, cycle = topological_indices(deps)
+    if cycle:
+        names = ", ".join(repr(nodes[i].name) for i in cycle[:10])
+        raise IRError(f"graph {graph.name!r} has a cycle through nodes {names}")
+    return [nodes[i] for i in order]
+
+
+def _node_reads(node: Node) -> list[Value]:
+    """Values `node` reads: its inputs, and what its subgraphs read or return from outer scopes."""
+    out = [v for v in node.inputs if v is not None]
+    for sub in node.subgraphs():
+        for inner in sub.all_nodes():
+            out.extend(v for v in inner.inputs if v is not None)
+        out.extend(sub.outputs)
+    return out

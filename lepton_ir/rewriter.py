@@ -100,14 +100,10 @@ class Rewriter:
             node.attributes[name] = Attr.infer(value)
         self._emit(Event.MODIFY, node)
 
-    def erase(self, node: Node, *, release_subgraphs: bool = False) -> None:
+    def erase(self, node: Node) -> None:
         """Remove `node`; refuses (IRError, graph untouched) while an output is read or is a graph output.
 
-        Values its subgraphs capture lose those uses (`Graph.remove`). With `release_subgraphs`
-        (for a node deleted for good, as dead-code elimination does) the outputs of its subgraphs
-        are cleared as well, so a value of an enclosing graph that a subgraph returned stops
-        counting as a graph output (`Value.graph_outputs`, `is_used`); without it that
-        back-reference outlives the removal."""
+        Values its subgraphs read or return from enclosing graphs lose those uses (`Graph.remove`)."""
         assert node.graph is not None
         for out in node.outputs:
             if out.is_used():
@@ -115,10 +111,6 @@ class Rewriter:
                 raise IRError(f"cannot erase node {node.name!r}: output {out.name!r} is still used by {where}")
         self._emit(Event.ERASE, node)
         node.graph.remove(node)
-        if release_subgraphs:
-            for sub in node.subgraphs():
-                for h in list(sub.all_graphs()):
-                    h.outputs = ()
 
     def can_replace_uses(self, old: Value, new: Value, *, allow_identity: bool = True) -> str | None:
         """Why `replace_uses(old, new)` would be wrong, or None (see `replace_uses_problem`)."""

