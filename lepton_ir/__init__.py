@@ -15,11 +15,12 @@ from lepton_ir.exporter import save, to_onnx
 from lepton_ir.importer import load
 from lepton_ir.nxview import to_networkx
 from lepton_ir.printer import format_graph
+from lepton_ir.rewriter import Builder, Event, Rewriter, RewriteRefused
 from lepton_ir.tensor import Tensor
 from lepton_ir.verifier import verify
 
 __all__ = [
-    "Attr", "Graph", "IRError", "InternalError", "InvalidModelError", "LeptonError", "ModelLoadError", "Node",
+    "Attr", "Builder", "Event", "Graph", "IRError", "InternalError", "InvalidModelError", "LeptonError", "ModelLoadError", "Node", "RewriteRefused", "Rewriter",
     "Tensor", "UnsafeExternalDataError", "UnsupportedModelError", "UserError", "Value", "format_graph", "load",
     "save", "tensors_equal", "to_networkx", "to_onnx", "verify",
 ]
