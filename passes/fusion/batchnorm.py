@@ -20,11 +20,12 @@ or the input's for the standalone form), `fuse-batchnorm` tries, in this order:
 
 and `decompose-batchnorm` (after it in the pipelines, so a BN is folded wherever a producer takes it):
 
-- `batchnorm-mul-add`: any such BN whose input has a known rank >= 2 and that no `fuse-batchnorm` rule folds
-  (it says which would: a bias folded earlier in the same stage can make a producer adjacent) ->
-  `Add(Mul(y, s'), t')` with s' and t' of shape [C, 1, ..., 1] (one 1 per axis after the channel axis): two
-  elementwise ops that fuse with their neighbours, instead of a normalization that recomputes
-  `sqrt(var + epsilon)` at run time.
+- `batchnorm-mul-add`: any such BN whose input has a known rank >= 2 -> `Add(Mul(y, s'), t')` with s' and t'
+  of shape [C, 1, ..., 1] (one 1 per axis after the channel axis): two elementwise ops that fuse with their
+  neighbours, instead of TVM's batch_norm, which computes `(x - mean) / sqrt(var + epsilon)` at run time (a
+  division per element). Not where `fuse-batchnorm` will fold the BN (the reason names the fold rule): a
+  fold rule takes it now (a bias folded earlier in the same stage can have made its producer adjacent), or
+  it is the only reader of a BN that will fold (and then folds itself).
 
 Where a producer is folded, its weight and bias must be constant and its output read by the BN alone (the
 rewrite engine refuses otherwise, naming the other reader: it needs the unscaled values). The original
@@ -41,7 +42,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lepton_ir import Graph, Value
+from lepton_ir import Graph, Node, Value
 from lepton_ir.constants import constant_value
 from lepton_ir.rewriter import Builder
 from lepton_ir.types import np_dtype
@@ -219,6 +220,26 @@ class MatMulBatchNorm(PatternRule):
 FOLDS: tuple[Rule, ...] = (ConvBatchNorm(), ConvTransposeBatchNorm(), GemmBatchNorm(), MatMulBatchNorm())
 
 
+def folds_later(bn: Node, graph: Graph) -> str | None:
+    """Why `fuse-batchnorm` will fold `bn` (None: it will not): a fold rule takes it now, or it is the only
+    reader of a BatchNormalization that will fold (then `bn`'s producer is the folded op, and it folds next)."""
+    chain: list[str] = []
+    node: Node | None = bn
+    while node is not None and len(chain) < 16:
+        for rule in FOLDS:
+            if rule.check(node, graph):
+                if not chain:
+                    return f"{rule.name} folds it into its producer (fuse-batchnorm)"
+                return f"it reads {chain[0]!r}, which fuse-batchnorm folds ({rule.name}) first; it folds next"
+        x = node.inputs[0]
+        p = None if x is None else x.producer
+        ok = x is not None and len(x.uses) == 1 and not x.graph_outputs
+        node = p if ok and p is not None and p.op_type == "BatchNormalization" and not p.domain and p.graph is graph else None
+        if node is not None:
+            chain.append(node.name)
+    return None
+
+
 class BatchNormMulAdd(PatternRule):
     """A BatchNormalization no producer takes -> `Add(Mul(x, s), t)` with folded per-channel constants."""
 
@@ -226,9 +247,9 @@ class BatchNormMulAdd(PatternRule):
     pattern = Pattern(_bn(var("x")))
 
     def condition(self, pm: PatternMatch, graph: Graph) -> Match:
-        for rule in FOLDS:
-            if rule.check(pm["bn"], graph):
-                return failed(f"{rule.name} folds it into its producer (fuse-batchnorm)")
+        fold = folds_later(pm["bn"], graph)
+        if fold is not None:
+            return failed(fold)
         x = pm["x"]
         if x.shape is None or len(x.shape) < 2:
             return failed(f"the rank of the BatchNormalization input {x.name!r} is unknown or below 2")
