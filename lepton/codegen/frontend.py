@@ -18,7 +18,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from lepton.codegen import float8, layout_ops, narrow
+from lepton.codegen import float8, fused_ops, layout_ops, narrow
 from lepton.codegen.provenance import Provenance
 from lepton.errors import ConversionError, SourceNode, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
@@ -71,6 +71,8 @@ def _why_unsupported(node: Node) -> str | None:
         if node.op_type not in _MS_OPS:
             return "onnxruntime contrib op TVM does not convert"
     elif layout_ops.converts(node):  # convert-layout's channels-last ops
+        pass
+    elif fused_ops.converts(node):  # fuse-activation's fused ops
         pass
     elif node.domain == "ai.onnx.preview.training":
         return "training op (ai.onnx.preview.training): Lepton compiles inference graphs"
@@ -131,7 +133,7 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
 
     def _check_for_unsupported_ops(self, graph):  # type: ignore[no-untyped-def]
         """TVM's check, knowing the ops Lepton converts itself (BitCast)."""
-        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS | layout_ops.OPS})
+        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS | layout_ops.OPS | fused_ops.OPS})
         if missing:
             raise tvm.error.OpNotImplemented("The following operators are not supported for frontend ONNX: " + ", ".join(missing))
 
@@ -153,6 +155,9 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
         if op_name in layout_ops.OPS:
             return self.bb.normalize(layout_ops.convert(self.bb, op_name, inputs, attrs, [self._nodes, self._params]))
+        if op_name in fused_ops.OPS:
+            standard = lambda op, ins, at: self._convert(op, ins, at, opset)  # noqa: E731
+            return self.bb.normalize(fused_ops.convert(self.bb, op_name, inputs, attrs, standard))
         if op_name in _FLOAT8_OPS:
             sym = narrow.convert(self.bb, op_name, inputs, attrs)
             if sym is not None:
@@ -218,7 +223,7 @@ def to_relax(graph: Graph, provenance: Provenance | None = None) -> tvm.IRModule
 
     Raises `ConversionError` naming the first node TVM could not convert.
     """
-    model = to_onnx(graph)
+    model = fused_ops.prepare(to_onnx(graph))  # fuse-activation's ops inlined when lowered by expansion
     narrow.to_storage(model)
     _name_nodes(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)

@@ -7,3 +7,4 @@ lepton-domain ops with ONNX function bodies, so every intermediate graph runs in
 
 from passes.fusion import batchnorm  # noqa: F401 - registers fuse-batchnorm, decompose-batchnorm
 from passes.fusion import bias  # noqa: F401 - registers fuse-bias
+from passes.fusion import activation  # noqa: F401 - registers fuse-activation (and its lepton-domain functions)
