@@ -1,6 +1,6 @@
 """Latency with passes on and off: Lepton vs onnxruntime on transformer and BatchNorm-CNN exports (issue #13).
 
-    python -m bench.fusion [--models NAME,...] [--without PASS[,PASS]]... [--repeat 5] [--inner 20]
+    python -m bench.fusion [--models NAME,...] [--without PASS[,PASS]]... [--repeat 9] [--inner 20] [--quiet-wait 60]
 
 Models (batch 1, fp32, random weights, exported in-process through bench/corpus.py's builders, input shapes
 pinned in the ONNX so both tools see the same static model):
@@ -22,7 +22,12 @@ timed. Timing is `bench.latency.time_blocks`: one warm-up call each, then blocks
 calls with the tools alternating block by block, `--repeat` blocks each (DESIGN §7: the runtimes' thread
 pools spin after each call, so call-by-call alternation would steal the cores from the next tool). Reported:
 per tool the median of its blocks' medians (ms), and ratios as the median over rounds of the ratio within
-each round (`paired_ratio`), which holds through the machine's slow episodes.
+each round (`paired_ratio`), which holds through the machine's slow episodes. A variant whose graph is
+byte-identical to `lepton`'s (the removed passes changed nothing on that model) is marked as such: its ratio
+to `lepton` is the run's noise. Other processes on the cores slow the two runtimes' spinning thread pools
+unequally (a 2-core machine shared with a test run moved ratios by 2x): before timing a model the bench waits
+up to `--quiet-wait` seconds for them to stop, records the cores they used while it timed
+(`other_cores_while_timing`, from /proc/stat less this process's CPU time), and warns above 0.25.
 
 Writes bench/results/fusion.json (`--out`) and prints a Markdown table.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import os
 import statistics
@@ -93,7 +99,45 @@ def variants(base: str, withouts: Sequence[Sequence[str]]) -> dict[str, str]:
     return out
 
 
-def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int, say: Callable[[str], None]) -> dict[str, Any]:
+def _busy_s() -> float:
+    """CPU seconds all processes have spent busy (/proc/stat's first line, idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + sum(v[5:8])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class OtherWork:
+    """Cores used by other processes between `start()` and `cores()`: all busy CPU time less this process's
+    (its runtimes' spinning pool threads included), over the wall time."""
+
+    def start(self) -> OtherWork:
+        self.t, self.busy, self.own = time.perf_counter(), _busy_s(), _own_s()
+        return self
+
+    def cores(self) -> float:
+        wall = time.perf_counter() - self.t
+        return max(0.0, (_busy_s() - self.busy) - (_own_s() - self.own)) / wall if wall > 0 else 0.0
+
+
+def wait_quiet(limit_s: float, threshold: float = 0.15, window_s: float = 2.0) -> tuple[float, float]:
+    """Wait (up to `limit_s`) until other processes use under `threshold` cores over a `window_s` window;
+    returns (seconds waited, their cores in the last window)."""
+    t0 = time.perf_counter()
+    while True:
+        probe = OtherWork().start()
+        time.sleep(window_s)
+        others = probe.cores()
+        if others < threshold or time.perf_counter() - t0 >= limit_s:
+            return time.perf_counter() - t0, others
+
+
+def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int, say: Callable[[str], None],
+                quiet_wait: float = 0.0) -> dict[str, Any]:
     import lepton
     import lepton_ir
     import targets
@@ -114,6 +158,7 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
     cores = int(target.options.get("num_cores", os.cpu_count() or 1))
     feeds = m.inputs() if m.inputs else synthesize(lepton_ir.load(model))
     runners: dict[str, Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]] = {"onnxruntime": ort_runner(model, cores)}
+    digests: dict[str, str] = {}
     for tool, text in pipelines.items():
         say(f"  compiling {tool}")
         t0 = time.perf_counter()
@@ -122,8 +167,14 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
         except Exception as e:  # noqa: BLE001 - a build failing is a result
             row["tools"][tool] = {"error": _first_line(e), "compile_s": round(time.perf_counter() - t0, 1)}
             continue
-        nodes = len(onnx.load(os.path.join(res.path, "model.opt.onnx"), load_external_data=False).graph.node)
+        opt = os.path.join(res.path, "model.opt.onnx")  # the graph compile handed to TVM
+        nodes = len(onnx.load(opt, load_external_data=False).graph.node)
+        with open(opt, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
         row["tools"][tool] = {"compile_s": round(time.perf_counter() - t0, 1), "nodes_to_tvm": nodes}
+        if tool != "lepton" and digest == digests.get("lepton"):
+            row["tools"][tool]["same_graph_as_lepton"] = True  # the removed passes changed nothing: a noise check
+        digests[tool] = digest
         runners[tool] = res.run
     ref = runners["onnxruntime"](feeds)
     live: dict[str, Callable[[], object]] = {}
@@ -135,10 +186,18 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
             live[tool] = functools.partial(run, feeds)
         else:
             r["error"] = f"outputs differ from onnxruntime (max abs err {err:.3g})"
+    if quiet_wait > 0:
+        waited, others = wait_quiet(quiet_wait)
+        row["quiet_wait_s"] = round(waited, 1)
+        say(f"  waited {waited:.0f} s for other work to stop (other processes at {others:.2f} cores)")
     say(f"  timing {', '.join(live)}: {repeat} blocks of {inner} calls each")
-    row["loadavg_before"] = os.getloadavg()[0]  # other work on the cores skews the tools differently
+    other = OtherWork().start()
     rounds = time_blocks(live, repeat, dict.fromkeys(live, inner))
-    row["loadavg_after"] = os.getloadavg()[0]
+    # other work on the cores slows the runtimes' spinning thread pools unequally: a ratio timed next to it is unsure
+    row["other_cores_while_timing"] = round(other.cores(), 2)
+    if row["other_cores_while_timing"] > 0.25:
+        say(f"  warning: other processes used {row['other_cores_while_timing']:.2f} of {cores} cores while timing; "
+            "this model's ratios are unreliable")
     for tool, ms in rounds.items():
         row["tools"][tool].update(ms=statistics.median(ms), rounds_ms=ms,
                                   ratio_vs_onnxruntime=paired_ratio(ms, rounds["onnxruntime"]),
@@ -168,6 +227,8 @@ def table(rows: Sequence[Mapping[str, Any]], tools: Sequence[str]) -> str:
                 lines.append(f"| {r['model']} | {r['source']} | {tool} | {nodes} | {t.get('error', 'not run')} | - | - |")
                 continue
             vs_lepton = f"{t['ratio_vs_lepton']:.2f}" if t.get("ratio_vs_lepton") and tool.startswith("lepton-") else "-"
+            if t.get("same_graph_as_lepton"):
+                vs_lepton += " (same graph as lepton)"
             lines.append(f"| {r['model']} | {r['source']} | {tool} | {nodes} | {t['ms']:.2f} | "
                          f"{t['ratio_vs_onnxruntime']:.2f} | {vs_lepton} |")
     return "\n".join(lines)
@@ -184,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="also time Lepton with these passes removed from the x86 pipeline (repeat for more variants)")
     p.add_argument("--repeat", type=int, default=9, help="blocks per tool (rounds)")
     p.add_argument("--inner", type=int, default=20, help="consecutive calls per block")
+    p.add_argument("--quiet-wait", type=float, default=60.0, metavar="S",
+                   help="before timing each model, wait up to S seconds for other processes to leave the cores")
     p.add_argument("--out", default=os.path.join(RESULTS, "fusion.json"))
     args = p.parse_args(argv)
     names = split_names(args.models) or list(known)
@@ -200,16 +263,17 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name in names:
         print(f"fusion: {name} ({time.perf_counter() - t_start:.0f} s in)", flush=True)
-        rows.append(bench_model(known[name], pipelines, args.repeat, args.inner, lambda s: print(s, flush=True)))
+        rows.append(bench_model(known[name], pipelines, args.repeat, args.inner, lambda s: print(s, flush=True),
+                                args.quiet_wait))
     meta = {"started": started.isoformat(timespec="seconds"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
             "repeat": args.repeat, "inner": args.inner, "pipelines": pipelines,
-            "seconds": round(time.perf_counter() - t_start), "loadavg_1min_end": os.getloadavg()[0]}
+            "quiet_wait_s": args.quiet_wait, "seconds": round(time.perf_counter() - t_start)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({**meta, "rows": rows}, f, indent=2)
-    loads = [x for r in rows for x in (r.get("loadavg_before"), r.get("loadavg_after")) if x is not None]
-    print(f"{meta['started']}, {meta['cpu']}, {meta['cores']} cores, {meta['seconds']} s, 1-min load average "
-          f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} while timing\n{table(rows, list(pipelines))}")
+    others = [r["other_cores_while_timing"] for r in rows if "other_cores_while_timing" in r]
+    print(f"{meta['started']}, {meta['cpu']}, {meta['cores']} cores, {meta['seconds']} s; other processes used "
+          f"{min(others, default=0):.2f}-{max(others, default=0):.2f} cores while timing\n{table(rows, list(pipelines))}")
 
 
 if __name__ == "__main__":
