@@ -18,7 +18,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 
-from lepton.codegen import float8, fused_ops, layout_ops, narrow
+from lepton.codegen import float8, fused_ops, fused_transformer, layout_ops, narrow
 from lepton.codegen.provenance import Provenance
 from lepton.errors import ConversionError, SourceNode, UnsupportedNode
 from lepton.input_shapes import symbolic_inputs
@@ -67,6 +67,8 @@ def _why_unsupported(node: Node) -> str | None:
     if node.domain in ("", "ai.onnx"):
         if node.op_type not in CONVERTED_OPS:
             return unlowered_reason(node) or "TVM's ONNX frontend has no converter for this op"
+    elif fused_transformer.converts(node):  # the transformer fusions' contrib ops
+        pass
     elif node.domain == "com.microsoft":
         if node.op_type not in _MS_OPS:
             return "onnxruntime contrib op TVM does not convert"
@@ -133,7 +135,8 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
 
     def _check_for_unsupported_ops(self, graph):  # type: ignore[no-untyped-def]
         """TVM's check, knowing the ops Lepton converts itself (BitCast)."""
-        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS | layout_ops.OPS | fused_ops.OPS})
+        missing = sorted({n.op_type for n in graph.node if n.op_type not in CONVERTED_OPS | MISREAD_OPS | layout_ops.OPS | fused_ops.OPS
+                          | fused_transformer.OPS})
         if missing:
             raise tvm.error.OpNotImplemented("The following operators are not supported for frontend ONNX: " + ", ".join(missing))
 
@@ -155,6 +158,10 @@ class _Importer(onnx_frontend.ONNXGraphImporter):
             return self.bb.normalize(_clip(self.bb, inputs, attrs, opset))
         if op_name in layout_ops.OPS:
             return self.bb.normalize(layout_ops.convert(self.bb, op_name, inputs, attrs, [self._nodes, self._params]))
+        if op_name in fused_transformer.OPS | {"LayerNormalization"}:
+            sym = fused_transformer.convert(self.bb, op_name, inputs, attrs)
+            if sym is not None:
+                return self.bb.normalize(sym)
         if op_name in fused_ops.OPS:
             standard = lambda op, ins, at: self._convert(op, ins, at, opset)  # noqa: E731
             return self.bb.normalize(fused_ops.convert(self.bb, op_name, inputs, attrs, standard))
