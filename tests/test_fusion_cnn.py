@@ -456,10 +456,13 @@ def _branches(kind: str) -> tuple[onnx.ModelProto, Sequence[str]]:
     return n.model(*outs), outs
 
 
+@pytest.mark.parametrize("lowering", ["relax", "expand"])
 @pytest.mark.parametrize("kind", ["Conv", "Gemm"])
-def test_every_fused_op_compiles_and_verifies_on_x86(kind: str) -> None:
+def test_every_fused_op_compiles_and_verifies_on_x86(kind: str, lowering: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import lepton
+    from lepton.codegen import fused_ops
 
+    monkeypatch.setattr(fused_ops, "LOWERING", lowering)
     model, outs = _branches(kind)
     compiled = lepton.compile(model, "x86", use_cache=False)
     assert compiled.verify_report is not None and compiled.verify_report.ok
@@ -475,6 +478,28 @@ def test_every_fused_op_compiles_and_verifies_on_x86(kind: str) -> None:
     want = run_model(model, {"x": x})
     got = compiled.run(x=x)
     assert_outputs_close(want, {k: got[k] for k in want})
+
+
+def test_fused_ops_with_other_attributes_and_ranks_compile_and_verify_on_x86() -> None:
+    import lepton
+
+    n = Net(opset=17, seed=6)
+    x1 = n.input(1, 4, 9, name="x1")  # conv1d, auto_pad SAME_UPPER, stride 2
+    a = n.op("Relu", n.op("Conv", x1, n.rand(6, 4, 3, scale=0.3), auto_pad="SAME_UPPER", strides=[2]))
+    x2 = n.input(1, 4, 7, 7, name="x2")  # grouped, dilated, asymmetric pads, no bias
+    b = n.op("LeakyRelu", n.op("Conv", x2, n.rand(6, 2, 3, 3, scale=0.3), group=2, dilations=[2, 1], pads=[0, 1, 2, 0]),
+             alpha=0.2)
+    x3 = n.input(1, 2, 4, 4, 4, name="x3")  # conv3d
+    c = n.op("HardSigmoid", n.op("Conv", x3, n.rand(3, 2, 2, 2, 2, scale=0.3), n.rand(3)), alpha=0.3, beta=0.6)
+    x4 = n.input(5, 3, name="x4")  # Gemm with transA, only a max bound
+    d = n.op("Clip", n.op("Gemm", x4, n.rand(5, 4), transA=1, alpha=2.0), "", n.const(np.float32(0.5)))
+    model = n.model(a, b, c, d)
+    graph = lepton_ir.load(model)
+    PassManager(FUSION).run(graph)
+    assert ops(graph) == ["lepton.FusedConvRelu", "lepton.FusedConvLeakyRelu", "lepton.FusedConvHardSigmoid",
+                          "lepton.FusedGemmClip"]
+    compiled = lepton.compile(model, "x86", use_cache=False)
+    assert compiled.verify_report is not None and compiled.verify_report.ok
 
 
 def test_a_batchnorm_cnn_compiles_to_fewer_nodes_and_verifies_on_x86() -> None:
