@@ -17,7 +17,10 @@ runtimes. Each tool's outputs are compared with onnxruntime's before timing (rto
 After `--warmup-s` seconds of calls per tool (Lepton chooses its thread count on its first calls),
 timing is `bench.latency.time_blocks`: blocks of `--inner` consecutive calls, the tools alternating
 block by block, `--repeat` blocks each, the figure being the median of the block medians (a runtime's
-thread pool spins after each call; timing call by call would hand the cores to whoever runs next).
+thread pool spins after each call; timing call by call would hand the cores to whoever runs next);
+the ratio is the median over rounds of the round's Lepton / onnxruntime (`bench.fusion.paired_ratio`).
+Before timing each model the bench waits up to `--quiet-wait` seconds for other processes to leave the
+cores, and it records the cores they used while it timed (`other_cores_while_timing`).
 onnxruntime runs with all graph optimizations and intra-op threads = the x86 target's core count.
 
 The breakdown times the pieces of a call on the same module, each on its own (medians of 2000 calls):
@@ -237,6 +240,7 @@ def _close(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> float | No
 def bench_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     import lepton
     import targets
+    from bench.fusion import OtherWork, paired_ratio, wait_quiet
     from bench.latency import ort_runner, time_blocks
 
     target = targets.resolve("x86")
@@ -263,11 +267,16 @@ def bench_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
         deadline = time.perf_counter() + args.warmup_s
         while time.perf_counter() < deadline:
             run()
+    if args.quiet_wait > 0:
+        waited, others = wait_quiet(args.quiet_wait)
+        row["quiet_wait_s"] = round(waited, 1)
+        print(f"  waited {waited:.0f} s for other work to stop (other processes at {others:.2f} cores)", flush=True)
     inner = max(1, args.inner // 30) if case.name == "resnet18" else args.inner
+    other = OtherWork().start()
     rounds = time_blocks(runners, args.repeat, dict.fromkeys(runners, inner))
-    base = statistics.median(rounds["onnxruntime"])
-    row["tools"] = {t: {"ms": statistics.median(ms), "rounds_ms": ms, "ratio_vs_onnxruntime": statistics.median(ms) / base}
-                    for t, ms in rounds.items()}
+    row["other_cores_while_timing"] = round(other.cores(), 2)
+    row["tools"] = {t: {"ms": statistics.median(ms), "rounds_ms": ms,
+                        "ratio_vs_onnxruntime": paired_ratio(ms, rounds["onnxruntime"])} for t, ms in rounds.items()}
     threads = getattr(module, "threads", None)
     if callable(threads):  # the thread count Lepton chose for these shapes (None: not chosen)
         row["lepton_threads"] = threads(**({k: v.shape for k, v in case.feeds.items()} if _symbolic(module) else {}))
@@ -281,14 +290,14 @@ def _symbolic(module: Any) -> bool:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | onnxruntime ms | Lepton ms | ratio | Lepton threads |", "|---|---:|---:|---:|---:|"]
+    lines = ["| model | onnxruntime ms | Lepton ms | ratio | Lepton threads | other cores |", "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "tools" not in r:
-            lines.append(f"| {r['model']} | - | - | - | {r.get('error')} |")
+            lines.append(f"| {r['model']} | - | - | - | {r.get('error')} | - |")
             continue
         o, lp = r["tools"]["onnxruntime"], r["tools"]["lepton"]
         lines.append(f"| {r['model']} | {o['ms']:.4f} | {lp['ms']:.4f} | {lp['ratio_vs_onnxruntime']:.2f} | "
-                     f"{r.get('lepton_threads', '-')} |")
+                     f"{r.get('lepton_threads', '-')} | {r['other_cores_while_timing']:.2f} |")
     return "\n".join(lines)
 
 
@@ -298,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeat", type=int, default=15, help="blocks per tool")
     p.add_argument("--inner", type=int, default=300, help="calls per block (ResNet-18: a 30th)")
     p.add_argument("--warmup-s", type=float, default=1.0, help="seconds of calls per tool before timing")
+    p.add_argument("--quiet-wait", type=float, default=60.0, metavar="S",
+                   help="before timing each model, wait up to S seconds for other processes to leave the cores")
     p.add_argument("--out", default=os.path.join(RESULTS, "percall.json"))
     p.add_argument("--build-dir", default=os.path.join("build", "percall"))
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false")
