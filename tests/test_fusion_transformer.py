@@ -535,7 +535,8 @@ def lowering(request: pytest.FixtureRequest) -> Any:
     from lepton.codegen import fused_transformer
 
     old = dict(fused_transformer.LOWERING)
-    fused_transformer.LOWERING.update(attention=request.param, layernorm=request.param)
+    fused_transformer.LOWERING.update(attention=request.param, layernorm=request.param,
+                                      projection="separate" if request.param == "ops" else "packed")
     yield request.param
     fused_transformer.LOWERING.update(old)
 

@@ -17,17 +17,22 @@ Attention is lowered one of two ways (`LOWERING["attention"]`):
   matmul, softmax, batch matmul in one kernel);
 - `"ops"`: the same as Relax matmul/softmax/matmul with the head transposes, which TVM legalizes and fuses
   op by op, so each matmul gets Lepton's matmul schedule.
-Layer normalization (SkipLayerNormalization, and ONNX LayerNormalization over the last axis, which TVM's
-own converter makes `nn.layer_norm`) likewise (`LOWERING["layernorm"]`): `"kernel"` (`nn.layer_norm`) or
-`"ops"` (mean, centered variance, rsqrt, scale and shift as Relax ops; the two-pass variance of the
-exporters' chains). "ops" is the default for both: on BERT-Tiny-shaped exports (x86, batch 1, sequence 64)
-the one-kernel attention took 1.5-2.5x the time of the ops form, and `nn.layer_norm` ~15% more end to end
-(bench/RESULTS.md, "Transformer fusions: one kernel or Relax ops").
+Layer normalization (SkipLayerNormalization, and ONNX LayerNormalization over the last axis) likewise
+(`LOWERING["layernorm"]`): `"kernel"` (`nn.layer_norm`, what TVM's own LayerNormalization converter emits)
+or `"ops"` (mean, centered variance, rsqrt, scale and shift as Relax ops). The packed projection of
+`Attention` is one matmul and a split (`LOWERING["projection"] = "packed"`) or three matmuls by the weight's
+column slices (`"separate"`).
+
+Chosen by measurement (bench/RESULTS.md, "Transformer fusions"; BERT/DistilBERT at BERT-Tiny shape, sequence
+64, both exporters, x86 batch 1, quiet machine): attention "ops" (the one-kernel form took 1.3-1.4x the time
+of the whole model with "ops"; single-threaded 1.4-1.7x), layer norm "kernel" (2-4% faster than "ops" in
+every model; outputs equal, both normalize with the variance of the centered values), projection "packed"
+(within noise of "separate").
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from tvm import relax, tirx
 
@@ -39,7 +44,7 @@ CONTRIB = "com.microsoft"
 OPS = frozenset({"Attention", "MultiHeadAttention", "SkipLayerNormalization", "Gelu"})
 
 #: How attention and layer normalization are lowered (see the module docstring).
-LOWERING: dict[str, Literal["kernel", "ops"]] = {"attention": "ops", "layernorm": "ops"}
+LOWERING: dict[str, str] = {"attention": "ops", "layernorm": "kernel", "projection": "packed"}
 
 
 def converts(node: Node) -> bool:
@@ -84,13 +89,22 @@ def _attention_packed(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> rela
     n = int(attrs["num_heads"])
     wd = _dims(w)
     sizes = [int(s) for s in attrs.get("qkv_hidden_sizes", ())] or [wd[1] // 3] * 3
-    qkv = bb.normalize(relax.op.matmul(x, w))
-    if b is not None:
-        qkv = bb.normalize(relax.op.add(qkv, b))
-    parts = bb.normalize(relax.op.split(qkv, [sizes[0], sizes[0] + sizes[1]], axis=-1))
-    q, k, v = (bb.normalize(relax.TupleGetItem(parts, i)) for i in range(3))
+    bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
+    if LOWERING["projection"] == "packed":
+        qkv = bb.normalize(relax.op.matmul(x, w))
+        if b is not None:
+            qkv = bb.normalize(relax.op.add(qkv, b))
+        parts = bb.normalize(relax.op.split(qkv, bounds[1:3], axis=-1))
+        q, k, v = (bb.normalize(relax.TupleGetItem(parts, i)) for i in range(3))
+    else:  # one matmul per projection, the weight's columns sliced (constants: folded at compile time)
+        q, k, v = (_project(bb, x, w, b, lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False))
     out = _attend(bb, q, k, v, _input(inputs, 5), n, attrs)
     return relax.Tuple([out, relax.const(0, "float32")])
+
+
+def _project(bb: relax.BlockBuilder, x: relax.Expr, w: relax.Expr, b: relax.Expr | None, lo: int, hi: int) -> relax.Expr:
+    y = bb.normalize(relax.op.matmul(x, relax.op.strided_slice(w, [1], [lo], [hi])))
+    return y if b is None else bb.normalize(relax.op.add(y, relax.op.strided_slice(b, [0], [lo], [hi])))
 
 
 def _mha(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> relax.Expr:  # type: ignore[type-arg]
