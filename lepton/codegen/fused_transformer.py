@@ -26,14 +26,17 @@ column slices (`"separate"`).
 Chosen by measurement (bench/RESULTS.md, "Transformer fusions"; BERT/DistilBERT at BERT-Tiny shape, sequence
 64, both exporters, x86 batch 1, quiet machine): attention "ops" (the one-kernel form took 1.3-1.4x the time
 of the whole model with "ops"; single-threaded 1.4-1.7x), layer norm "kernel" (2-4% faster than "ops" in
-every model; outputs equal, both normalize with the variance of the centered values), projection "packed"
-(within noise of "separate").
+every model; outputs equal, both normalize with the variance of the centered values), projection
+"separate" (at or below "packed" in 7 of 8 model x thread-count runs, by up to 15%: the split's copies
+cost more than two extra matmul calls at these sizes). A packed bias of zeros (what the fusion adds where
+the model has none: onnxruntime's kernel needs one) is not added.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import tvm
 from tvm import relax, tirx
 
 from lepton_ir import Node
@@ -44,7 +47,7 @@ CONTRIB = "com.microsoft"
 OPS = frozenset({"Attention", "MultiHeadAttention", "SkipLayerNormalization", "Gelu"})
 
 #: How attention and layer normalization are lowered (see the module docstring).
-LOWERING: dict[str, str] = {"attention": "ops", "layernorm": "kernel", "projection": "packed"}
+LOWERING: dict[str, str] = {"attention": "ops", "layernorm": "kernel", "projection": "separate"}
 
 
 def converts(node: Node) -> bool:
@@ -89,6 +92,8 @@ def _attention_packed(bb: relax.BlockBuilder, inputs: list, attrs: dict) -> rela
     n = int(attrs["num_heads"])
     wd = _dims(w)
     sizes = [int(s) for s in attrs.get("qkv_hidden_sizes", ())] or [wd[1] // 3] * 3
+    if isinstance(b, tvm.ir.GenericConst) and not b.value.numpy().any():
+        b = None  # the zeros the fusion adds where the model had no bias (onnxruntime's kernel needs one)
     bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
     if LOWERING["projection"] == "packed":
         qkv = bb.normalize(relax.op.matmul(x, w))
