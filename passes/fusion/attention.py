@@ -18,9 +18,12 @@ dynamo reshapes it to 3-d, transposes and reshapes back), GPT-2 (one packed proj
 causal and padding mask as Where(mask, 0, min) added, the sdpa NaN guard), torchvision ViT (packed
 projection, sequence-major, heads selected by Gather), DETR (nn.MultiheadAttention, separate inputs).
 
-The fused op (onnxruntime contrib ops: onnxruntime runs them, `lepton.codegen.fused_transformer` lowers
-them; ONNX's Attention op needs opset 23, which none of today's exports has, and TVM 0.27 reads it as the
-contrib op):
+The fused op is an onnxruntime contrib op at every opset: onnxruntime runs it and
+`lepton.codegen.fused_transformer` lowers it. ONNX's own Attention (opset 23) is not emitted even where the
+model's opset has it: none of today's exports is at 23, TVM 0.27's frontend reads the op type Attention as
+the contrib op (`lepton.codegen.frontend.MISREAD_OPS`), and compile's `expand-functions` therefore inlines
+every ONNX Attention into its function body, which would undo the fusion before the codegen sees it
+(keeping the configurations Lepton lowers needs a per-configuration choice there).
 - `com.microsoft.Attention(x, W_qkv, b_qkv, , , attention_bias)` where Q, K and V are projections
   (MatMul by a constant, with an optional constant bias; or Gemm) of one input x, read by nothing else: the
   projection is part of the op (three weights packed into one; a missing bias is zeros: onnxruntime's
