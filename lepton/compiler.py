@@ -29,10 +29,11 @@ import lepton_ir
 import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
+from lepton.codegen.layout_ops import StepNote
 from lepton.codegen.lowering import lowering_passes
 from lepton.codegen.provenance import Provenance
 from lepton.codegen.tuning_databases import fingerprint
-from lepton.errors import CodegenError, UnsupportedOpsError, VerificationError
+from lepton.errors import CodegenError, SourceNode, UnsupportedOpsError, VerificationError
 from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
 from lepton.torch_export import export_torch
@@ -163,7 +164,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
             source_sha256=source_sha,
             source_name=_model_name(model),
             signature=sig,
-            passes=_pass_log(log),
+            passes=_pass_log(log) + _codegen_log(codegen_notes, len(graph), provenance),
             verify_inputs=feeds,
             verify_expected=expected,
             tolerance=choose_policy(t.dtype for t in sig.outputs),
@@ -252,6 +253,18 @@ def _pass_log(log: PipelineResult) -> list[dict[str, Any]]:
          "rules": {k: {"tried": v.tried, "matched": v.matched, "seconds": round(v.seconds, 6)} for k, v in r.rules.items()}}
         for r in log.records
     ]
+
+
+def _codegen_log(notes: Sequence[str], nodes: int, provenance: Provenance) -> list[dict[str, Any]]:
+    """Pass-log records of the codegen steps that say where they applied (`layout_ops.StepNote`: Winograd,
+    weight prepacking), after the passes': `where` names ONNX nodes (kernels through `provenance`)."""
+    out = []
+    for n in notes:
+        if isinstance(n, StepNote):
+            where = list(dict.fromkeys(s.name for k in n.where for s in provenance.kernel_nodes(k) or [SourceNode(k, "")]))
+            out.append({"pass": f"codegen:{n.step}", "stage": "codegen", "iteration": 1, "modified": True, "seconds": 0.0,
+                        "nodes_before": nodes, "nodes_after": nodes, "stats": dict(n.stats), "rules": {}, "where": where})
+    return out
 
 
 def _placeholder_inputs(graph: Graph) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import lepton_ir
 import targets
 from lepton_ir import Graph
 from passes import PassContext, PassManager, parse_pipeline
-from passes.layout import METADATA_KEY, ConvertLayout, layout_plan
+from passes.layout import METADATA_KEY, ConvertLayout, layout_plan, with_layout_pass
 from passes.layout.convert import NO_NHWC_KERNEL
 from passes.ort import run_model
 from passutil import assert_outputs_close, run_pass
@@ -179,17 +179,17 @@ def test_conv_transpose_and_ops_without_an_nhwc_form_stay_nchw() -> None:
     m = _M()
     a = m.op("Relu", m.conv("x", 4, 4))
     t = m.op("ConvTranspose", a, m.weight(4, 4, 2, 2), strides=[2, 2])
-    n = m.op("BatchNormalization", t, *(m.const(np.full(4, v, np.float32)) for v in (1.5, 0.1, 0.2, 2.0)))
+    n = m.op("InstanceNormalization", t, m.const(np.full(4, 1.5, np.float32)), m.const(np.full(4, 0.1, np.float32)))
     y = m.op("Relu", m.conv(n, 4, 4))
     model = m.model([("x", [1, 4, 6, 6])], [y])
     plan = layout_plan(lepton_ir.load(model))
     assert plan["ConvTranspose2"] == NO_NHWC_KERNEL["ConvTranspose"]
     graph = _convert(model)
-    assert len(_ops(graph, "ConvTranspose")) == 1 and len(_ops(graph, "BatchNormalization")) == 1
+    assert len(_ops(graph, "ConvTranspose")) == 1 and len(_ops(graph, "InstanceNormalization")) == 1
     ct = _ops(graph, "ConvTranspose")[0]
     assert ct.inputs[0].producer.op_type == "Transpose" and ct.inputs[1].shape == (4, 4, 2, 2)  # NCHW, IOHW
     assert [n.op_type for n in graph if _region(n)] == ["NhwcConv", "NhwcConv"]
-    # edges: in, out before ConvTranspose, in after BatchNormalization, out at the graph output
+    # edges: in, out before ConvTranspose, in after InstanceNormalization, out at the graph output
     assert [[int(p) for p in t.attr("perm")] for t in _ops(graph, "Transpose")] == [[0, 2, 3, 1], [0, 3, 1, 2]] * 2
 
 
@@ -229,6 +229,23 @@ def test_pass_is_one_shot_idempotent_and_named_in_pipelines() -> None:
     assert not ConvertLayout().run(graph, PassContext()).modified
     stats = next(r.stats for r in result.records if r.name == "convert-layout")
     assert stats["converted_Conv"] == 3 and stats["transposes_inserted"] == 2
+
+
+def test_batchnorm_inside_a_region_becomes_a_channels_last_scale_and_shift() -> None:
+    m = _M()
+    r = m.op("Relu", m.conv("x", 3, 4))  # after a Relu: not folded into the convolution
+    n = m.op("BatchNormalization", r, *(m.const(np.linspace(lo, hi, 4, dtype=np.float32)) for lo, hi in
+                                        ((0.5, 2), (-1, 1), (-0.2, 0.3), (0.5, 1.5))))
+    graph = _convert(m.model([("x", [1, 3, 5, 5])], [m.conv(n, 4, 2)]))
+    assert not _ops(graph, "BatchNormalization") and len(_ops(graph, "Transpose")) == 2
+    assert _ops(graph, "Mul")[0].inputs[1].shape == (1, 1, 1, 4)
+
+
+def test_layout_pass_goes_before_fusions_that_hide_convolutions() -> None:
+    assert with_layout_pass("fold-constants,fuse-batchnorm") == "fold-constants,fuse-batchnorm,convert-layout"
+    assert with_layout_pass("fuse-bias,fuse-activation,eliminate-dead-code") == \
+        "fuse-bias,convert-layout,fuse-activation,eliminate-dead-code"
+    assert with_layout_pass("convert-layout,fold-constants") == "convert-layout,fold-constants"
 
 
 def test_axis_ops_are_remapped() -> None:
@@ -384,7 +401,7 @@ def _x86() -> targets.Target:
 
 
 def _with_pass(t: targets.Target) -> str:
-    return t.pipeline + ",convert-layout"
+    return with_layout_pass(t.pipeline)
 
 
 def test_compile_verifies_with_the_pass_and_skips_tvms_layout_conversion() -> None:
@@ -396,6 +413,23 @@ def test_compile_verifies_with_the_pass_and_skips_tvms_layout_conversion() -> No
     assert "3 conv2d NHWC" in notes[0] and "max_pool2d NHWC" in notes[0]
     log = [p for p in res.manifest.passes if p["pass"] == "convert-layout"]
     assert len(log) == 1 and log[0]["stats"]["converted_Conv"] == 3
+
+
+def test_pass_log_shows_where_winograd_and_prepacking_applied() -> None:
+    """Winograd and weight prepacking stay in the codegen; their records follow the passes' in the pass log, naming
+    the ONNX nodes (a convolution of convert-layout carries its node's name into Relax)."""
+    t = _x86()
+    m = _M()
+    y = m.op("Relu", m.conv(m.op("Relu", m.conv("x", 3, 64)), 64, 64))  # Conv2: 3x3, stride 1, 64 -> 64
+    res = lepton.compile(m.model([("x", [1, 3, 8, 8])], [y]), t, passes=_with_pass(t), use_cache=False)
+    assert res.verify_report is not None and res.verify_report.ok
+    records = {r["pass"]: r for r in res.manifest.passes if r["stage"] == "codegen"}
+    (where,) = records["codegen:winograd"]["where"]  # the 64 -> 64 convolution, not the 3 -> 64 one
+    assert records["codegen:winograd"]["stats"] == {"convolutions": 1} and where.startswith("Conv2_NhwcConv")
+    assert any(n.endswith(f"Winograd F(2x2, 3x3): {where}") for n in res.manifest.notes), res.manifest.notes
+    prepack = records["codegen:prepack-weights"]
+    assert prepack["stats"]["kernels"] == 2 and any(w.startswith("Conv0_NhwcConv") for w in prepack["where"])
+    assert [r["stage"] for r in res.manifest.passes][-2:] == ["codegen", "codegen"]  # after the passes' records
 
 
 from test_layout_matrix import CASES  # noqa: E402 - the layout matrix's 43 cases, reused with the pass on

@@ -27,6 +27,27 @@ MODULE_ATTR = "lepton.layout"
 _METADATA_KEY = "lepton.layout"  # passes.layout.METADATA_KEY (the codegen does not import the pass)
 
 
+class StepNote(str):
+    """A codegen note that is also a pass-log record (`lepton.compiler` adds one per note): the codegen `step`
+    that applied ("winograd", "prepack-weights"), its `stats`, and `where` it applied: ONNX node names (a
+    convolution's Relax call carries its node's name as its span when `convert-layout` made it) or kernel names."""
+
+    step: str
+    stats: dict[str, int]
+    where: list[str]
+
+    def __new__(cls, text: str, step: str, stats: dict[str, int], where: list[str] | None = None) -> StepNote:
+        note = super().__new__(cls, text)
+        note.step, note.stats, note.where = step, dict(stats), list(where or [])
+        return note
+
+
+def node_name(call: relax.Call) -> str | None:
+    """The ONNX node a Relax call was converted from, where the converter recorded it (its span)."""
+    span = call.span
+    return None if span is None or span.source_name is None else str(span.source_name.name) or None
+
+
 def converts(node: Node) -> bool:
     """Whether `node` is a Lepton layout op this module converts."""
     return node.domain == DOMAIN and node.op_type in OPS
@@ -36,11 +57,15 @@ def convert(bb: relax.BlockBuilder, op_name: str, inputs: list, attrs: dict, par
     """The Relax code of one Lepton layout op, or None when `op_name` is not one; `params` is what TVM's
     converters get as theirs (the importer's values and parameters by name)."""
     if op_name == "NhwcConv":
-        x, w = inputs[0], inputs[1]
-        y = bb.normalize(relax.op.nn.conv2d(
+        # bound first: the normalizer rebuilds a call with non-leaf arguments and drops its span
+        x, w = (v if isinstance(v, relax.Var | tvm.ir.expr.Constant) else bb.emit(v) for v in inputs[:2])
+        conv = relax.op.nn.conv2d(
             x, w, strides=list(attrs.get("strides", (1, 1))), padding=list(attrs.get("pads", (0, 0, 0, 0))),
             dilation=list(attrs.get("dilations", (1, 1))), groups=int(attrs.get("group", 1)),
-            data_layout="NHWC", kernel_layout="HWIO", out_layout="NHWC"))
+            data_layout="NHWC", kernel_layout="HWIO", out_layout="NHWC")
+        name = attrs.get("tvm_custom", {}).get("name", "")  # the node's name, for the Winograd pass's record
+        y = bb.emit(relax.Call(conv.op, conv.args, conv.attrs, conv.ty_args,
+                               tvm.ir.Span(tvm.ir.SourceName(name), 0, 0, 0, 0) if name else None))
         if len(inputs) > 2 and inputs[2] is not None:
             y = relax.op.add(y, relax.op.reshape(inputs[2], [1, 1, 1, -1]))
         return y

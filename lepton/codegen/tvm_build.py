@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax
 
-from lepton.codegen import vector_math
+from lepton.codegen import layout_ops, vector_math
 from lepton.codegen.conv_transpose import lower_conv2d_transpose
-from lepton.codegen import layout_ops
 from lepton.codegen.failures import error_line, tool_failure, tvm_failures
 from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
 from lepton.codegen.provenance import Provenance
@@ -152,7 +151,9 @@ def _rewrite_weight_layouts(notes: list[str] | None) -> tvm.transform.Pass:
         for gv, func in others.items():
             out[gv] = func
         if notes is not None:
-            notes.append(f"weights of {len(changed)} kernel(s) prepacked at compile time in the order their loops read them")
+            notes.append(layout_ops.StepNote(
+                f"weights of {len(changed)} kernel(s) prepacked at compile time in the order their loops read them",
+                "prepack-weights", {"kernels": len(changed)}, sorted(str(gv.name_hint) for gv in changed)))
         return out
 
     return _pass

@@ -26,6 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from lepton.codegen.layout_ops import StepNote, node_name
 from lepton.codegen.relax_mutate import mutate_functions
 
 #: Fewer channels do too little work per tile for the transforms to pay off. Measured on the reference
@@ -45,7 +46,9 @@ def winograd_conv2d(notes: list[str] | None = None) -> tvm.transform.Pass:
         rewriter = _Rewriter(mod)
         out = mutate_functions(mod, rewriter)
         if notes is not None and rewriter.rewritten:
-            notes.append(f"{rewriter.rewritten} 3x3 convolution(s) computed as Winograd F(2x2, 3x3)")
+            where = f": {', '.join(rewriter.where)}" if rewriter.where else ""
+            notes.append(StepNote(f"{rewriter.rewritten} 3x3 convolution(s) computed as Winograd F(2x2, 3x3){where}",
+                                  "winograd", {"convolutions": rewriter.rewritten}, rewriter.where))
         return out
 
     return _pass
@@ -62,6 +65,7 @@ class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
         self.rewritten = 0
+        self.where: list[str] = []  # the ONNX nodes, where the calls name them (`layout_ops.node_name`)
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - PyExprMutator hook
         call = self.visit_expr_post_order(call)
@@ -73,6 +77,9 @@ class _Rewriter(relax.PyExprMutator):
         if min(weights.shape[2], weights.shape[3]) < MIN_CHANNELS:
             return call
         self.rewritten += 1
+        name = node_name(call)
+        if name:
+            self.where.append(name)
         return self._winograd(call.args[0], weights, [int(p) for p in call.attrs.padding])
 
     def _constant(self, expr: relax.Expr) -> np.ndarray | None:

@@ -4,6 +4,6 @@ Importing this package registers the pass and the Lepton-domain NHWC ops' ONNX f
 """
 
 from passes.layout import functions  # noqa: F401 - registers the NhwcConv/... function bodies
-from passes.layout.convert import METADATA_KEY, ConvertLayout, layout_plan
+from passes.layout.convert import METADATA_KEY, ConvertLayout, layout_plan, with_layout_pass
 
-__all__ = ["METADATA_KEY", "ConvertLayout", "layout_plan"]
+__all__ = ["METADATA_KEY", "ConvertLayout", "layout_plan", "with_layout_pass"]

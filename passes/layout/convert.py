@@ -8,7 +8,8 @@ op that has a channels-last form (below) is converted when one of its 4-d inputs
 channels-last, so regions grow forward from the convolutions. Ops without a kernel in the layout
 keep NCHW and read their input through a transpose at the region's edge: `ConvTranspose` (TVM 0.27
 legalizes conv2d_transpose only in NCHW/IOHW: the failure of 2026-12-03), 1-d and 3-d convolutions and
-pooling, normalizations over axis 1, Flatten/Reshape, MatMul and every op not listed here.
+pooling, Instance/Group/LayerNormalization, Flatten/Reshape, MatMul, Lepton-domain fused ops (`fuse-activation`'s:
+the pass goes before it, `with_layout_pass`) and every op not listed here.
 
 Rewrite, per converted op:
 - `Conv` -> `lepton.NhwcConv` with the weights transposed OIHW -> HWIO once, at compile time (a new
@@ -21,6 +22,8 @@ Rewrite, per converted op:
   [1, 1, 1, C]); a 4-d non-constant operand from outside the region is transposed in.
 - Axis-carrying ops get their axes remapped: Concat, Split, Slice (constant axes), Reduce*/ArgMax/ArgMin
   with keepdims, Softmax/LogSoftmax/Hardmax (opset 13+), Pad (constant pads).
+- An inference BatchNormalization inside a region (one not folded into a convolution) becomes x * s + t with
+  s, t [1, 1, 1, C] computed at compile time (in float64, stored in the parameters' type).
 - Transposes only at region edges: NHWC -> NCHW (perm 0,3,1,2) once per value that a non-converted op or a
   graph output reads; NCHW -> NHWC (0,2,3,1) once per value from outside. A transpose the model already
   has next to a region is composed with the edge's: back-to-back pairs cancel (no node left), other
@@ -140,7 +143,11 @@ class _Converter:
         return out
 
     def decide(self, node: Node) -> _Decision:
-        if node.domain or any(True for _ in node.subgraphs()):
+        if node.domain:
+            why = "a Lepton-domain op with no channels-last form" + (
+                " (a fused convolution: run convert-layout before fuse-activation)" if "Conv" in node.op_type else "")
+            return _Decision(None, why if node.domain == DOMAIN else "")
+        if any(True for _ in node.subgraphs()):
             return _Decision(None)
         op = node.op_type
         if op in NO_NHWC_KERNEL:
@@ -172,6 +179,8 @@ class _Converter:
             return self._softmax(node)
         if op == "Pad":
             return self._pad(node)
+        if op == "BatchNormalization":
+            return self._batchnorm(node)
         return _Decision(None, "no channels-last form" if op in _REPORTED else "")
 
     def _accept(self, node: Node, build: Callable[[], None], outputs: Sequence[Value] | None = None) -> _Decision:
@@ -388,10 +397,10 @@ class _Converter:
         def build() -> None:
             attrs = dict(node.attributes)
             ins = [self.to_nhwc(node.inputs[0])]
-            if node.attr("axes") is not None:
-                attrs["axes"] = [_phys_axis(int(a)) for a in node.attr("axes")]
+            if node.attr("axes") is not None:  # sorted: TVM schedules a reduction over (2, 1) far worse than (1, 2)
+                attrs["axes"] = sorted(_phys_axis(int(a)) for a in node.attr("axes"))
             if axes is not None:
-                ins.append(self.const(np.array([_phys_axis(int(a)) for a in axes.reshape(-1)], np.int64), "axes"))
+                ins.append(self.const(np.array(sorted(_phys_axis(int(a)) for a in axes.reshape(-1)), np.int64), "axes"))
             self.emit(node, node.op_type, ins, attrs)
 
         return self._accept(node, build)
@@ -430,6 +439,31 @@ class _Converter:
             else:
                 self.emit(node, "Pad", [x, self.const(np.array(new, np.int64), "pads"), *node.inputs[2:]],
                           dict(node.attributes))
+
+        return self._accept(node, build)
+
+    def _batchnorm(self, node: Node) -> _Decision:
+        """Inference BatchNormalization in a region: x * s + t over the last axis, s and t computed here."""
+        if len(node.outputs) > 1 or int(node.attr("training_mode", 0)):
+            return _Decision(None, "BatchNormalization in training mode")
+        params = [constant_value(self.g, v) for v in node.inputs[1:5]]
+        if len(params) != 4 or any(p is None or p.ndim != 1 for p in params):
+            return _Decision(None, "BatchNormalization with runtime parameters")
+        gamma, beta, mean, var = (p.astype(np.float64) for p in params)  # type: ignore[union-attr]
+        scale = gamma / np.sqrt(var + float(node.attr("epsilon", 1e-5)))
+        dtype = params[0].dtype  # type: ignore[union-attr]
+
+        def build() -> None:
+            x = self.to_nhwc(node.inputs[0])
+            s = self.const(scale.astype(dtype).reshape(1, 1, 1, -1), "scale")
+            t = self.const((beta - mean * scale).astype(dtype).reshape(1, 1, 1, -1), "shift")
+            b = Builder(self.g, node.name or "batchnorm")
+            y = b.Add(b.Mul(x, s, shape=_nhwc_shape(node.outputs[0])), t, shape=_nhwc_shape(node.outputs[0]))
+            self.rw.insert_before(node, b.nodes)
+            self.nhwc[id(node.outputs[0])] = y
+            self.converted.append((node, [(node.outputs[0], y, True)]))
+            self.stats["converted_BatchNormalization"] += 1
+            self.replaced_consts.extend(v for v in node.inputs[1:5] if v is not None)
 
         return self._accept(node, build)
 
@@ -605,6 +639,30 @@ class _Converter:
                 del self.g.initializers[v.name]
             elif v.producer is not None and v.producer.graph is self.g:
                 self.rw.erase(v.producer)
+
+
+#: Passes that hide convolutions inside Lepton-domain ops `convert-layout` does not convert: it goes before them.
+HIDES_CONVOLUTIONS = ("fuse-activation",)
+
+
+def with_layout_pass(pipeline: str, spec: str = "convert-layout") -> str:
+    """`pipeline` with `spec` where it belongs: after cleanup and BatchNorm/bias folding (convolutions with their
+    biases), before the first pass that fuses convolutions into ops it cannot convert (`HIDES_CONVOLUTIONS`);
+    at the end when there is none. A pipeline that already names `convert-layout` is returned as it is."""
+    items, depth, cur = [], 0, ""
+    for ch in pipeline:
+        depth += (ch in "{[") - (ch in "}]")
+        if ch == "," and depth == 0:
+            items.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    items = [i for i in [*items, cur.strip()] if i]
+    names = [i.split("{")[0].strip() for i in items]
+    if ConvertLayout.name in names:
+        return pipeline
+    at = next((i for i, n in enumerate(names) if n in HIDES_CONVOLUTIONS), len(items))
+    return ",".join([*items[:at], spec, *items[at:]])
 
 
 @register
