@@ -397,7 +397,7 @@ class _Converter:
         def build() -> None:
             attrs = dict(node.attributes)
             ins = [self.to_nhwc(node.inputs[0])]
-            if node.attr("axes") is not None:  # sorted: TVM schedules a reduction over (2, 1) far worse than (1, 2)
+            if node.attr("axes") is not None:  # sorted, the order TVM's ConvertLayout gives
                 attrs["axes"] = sorted(_phys_axis(int(a)) for a in node.attr("axes"))
             if axes is not None:
                 ins.append(self.const(np.array(sorted(_phys_axis(int(a)) for a in axes.reshape(-1)), np.int64), "axes"))
