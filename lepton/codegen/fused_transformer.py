@@ -24,9 +24,10 @@ or `"ops"` (mean, centered variance, rsqrt, scale and shift as Relax ops). The p
 column slices (`"separate"`).
 
 Chosen by measurement (bench/RESULTS.md, "Transformer fusions"; BERT/DistilBERT at BERT-Tiny shape, sequence
-64, both exporters, x86 batch 1, quiet machine): attention "ops" (the one-kernel form took 1.3-1.4x the time
-of the whole model with "ops"; single-threaded 1.4-1.7x), layer norm "kernel" (2-4% faster than "ops" in
-every model; outputs equal, both normalize with the variance of the centered values), projection
+64, both exporters, x86 batch 1; `python -m bench.fusion_lowering`): attention "ops" (the one-kernel form
+took 1.27-1.45x the time of the whole model with "ops"; single-threaded 1.5-3.2x), layer norm "kernel" (2-4%
+faster than "ops" in every model on the quiet machine, within +-7% either way on the busy one; outputs equal,
+both normalize with the variance of the centered values), projection
 "separate" (at or below "packed" in 7 of 8 model x thread-count runs, by up to 15%: the split's copies
 cost more than two extra matmul calls at these sizes). A packed bias of zeros (what the fusion adds where
 the model has none: onnxruntime's kernel needs one) is not added.
