@@ -30,7 +30,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from lepton_ir import Graph, Value
+from lepton_ir import Graph, Node, Value
 from lepton_ir.rewriter import Builder
 
 from passes.base import register
@@ -146,11 +146,11 @@ class _BiasGelu(PatternRule):
         return [b.op("FastGelu" if m["tanh"] else "BiasGelu", [x, bias], domain=CONTRIB, shape=pm["gelu"].outputs[0].shape)]
 
 
-def _is_tanh(node: object) -> bool:
-    n = node  # a Gelu (standard or contrib) or FastGelu node
-    if n.op_type == "FastGelu":  # type: ignore[attr-defined]
+def _is_tanh(node: Node) -> bool:
+    """Whether a Gelu (standard or contrib) or FastGelu node is the tanh form."""
+    if node.op_type == "FastGelu":
         return True
-    a = n.attr("approximate", b"none")  # type: ignore[attr-defined]
+    a = node.attr("approximate", b"none")
     return (a.decode() if isinstance(a, bytes) else a) == "tanh"
 
 
