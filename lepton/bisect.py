@@ -23,7 +23,7 @@ import numpy as np
 import lepton_ir
 import targets
 from lepton.codegen import build, to_relax, unsupported_nodes
-from lepton.codegen.lowering import lowering_passes
+from lepton.codegen.lowering import with_lowering
 from lepton.codegen.provenance import Provenance
 from lepton.compiler import import_model
 from lepton.input_shapes import InputShapes, pin_input_shapes
@@ -171,7 +171,7 @@ def bisect(
     checker.check(graph, "import", 0)
     pipeline = parse_pipeline(passes if passes is not None else tgt.pipeline) if isinstance(passes, str | None) else list(passes)
     if checker.steps[0].ok:
-        PassManager([*pipeline, *lowering_passes()], instruments=[checker]).run(graph)
+        PassManager(with_lowering(pipeline), instruments=[checker]).run(graph)
     report = BisectReport(tgt.name, chosen.name, checker.steps)
     if report.first_bad is not None:
         return report

@@ -30,7 +30,7 @@ import targets
 from lepton import artifact, cache
 from lepton.codegen import build, export, to_relax, unsupported_nodes
 from lepton.codegen.layout_ops import StepNote
-from lepton.codegen.lowering import lowering_passes
+from lepton.codegen.lowering import with_lowering
 from lepton.codegen.provenance import Provenance
 from lepton.codegen.tuning_databases import fingerprint
 from lepton.errors import CodegenError, SourceNode, UnsupportedOpsError, VerificationError
@@ -180,9 +180,10 @@ def compile(  # noqa: A001 - the public name the issue asks for
 def optimize_for(
     graph: Graph, tgt: targets.Target, passes: str | None = None, instruments: Sequence[object] = ()
 ) -> PipelineResult:
-    """Run the target's pipeline (or `passes`) and the codegen lowering passes, to a fixed point."""
+    """Run the target's pipeline (or `passes`), then the codegen lowering passes to a fixed point together with
+    the pipeline's repeatable passes (`lepton.codegen.lowering.with_lowering`)."""
     pipeline = parse_pipeline(passes if passes is not None else tgt.pipeline)
-    return PassManager([*pipeline, *lowering_passes()], instruments=instruments).run(graph)
+    return PassManager(with_lowering(pipeline), instruments=instruments).run(graph)
 
 
 def signature(graph: Graph) -> artifact.Signature:

@@ -9,7 +9,7 @@ Models at opsets onnxruntime refuses are checked against ONNX's reference evalua
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnx
@@ -492,3 +492,74 @@ def test_unroll_scan_preserves_random_bodies(m: onnx.ModelProto) -> None:
     graph = assert_pass_preserves(m, UnrollScan(), random_inputs(m))
     assert "Scan" not in ops(graph)
     assert [v.name for v in graph.outputs] == [o.name for o in m.graph.output]
+
+
+# ----- the lowering stage (lepton.codegen.lowering.with_lowering) ------------------------------------
+# Regression (3aad672): the target pipelines end in one-shot transformer fusions and a short cleanup tail
+# (merge-reshapes, eliminate-noop, CSE, DCE). compile appended the lowering passes to the pipeline, so they
+# joined that tail only: expanded function bodies reached TVM with their shape computations, Constants and
+# empty-set reductions unfolded (9 conformance cases). They must run to a fixed point with the folding passes.
+
+ONE_SHOT_TAIL = ("fold-constants,fold-shapes,infer-shapes,eliminate-dead-code,fuse-gelu,"
+                 "merge-reshapes,eliminate-noop,eliminate-dead-code")
+
+
+def test_with_lowering_runs_the_lowering_with_the_pipelines_folding_passes() -> None:
+    from lepton.codegen.lowering import lowering_passes, with_lowering
+    from passes.manager import stages
+
+    lowering = [p.name for p in lowering_passes()]
+    plan = [[p.name for p in st] for st in stages(with_lowering(parse_pipeline(ONE_SHOT_TAIL)))]
+    assert plan[:2] == [["fold-constants", "fold-shapes", "infer-shapes", "eliminate-dead-code"], ["fuse-gelu"]]
+    assert plan[2] == ["merge-reshapes", "eliminate-noop", "eliminate-dead-code", "fold-constants", "fold-shapes",
+                       "infer-shapes", *lowering]  # each repeatable pass once; the one-shot fuse-gelu not again
+    # a pipeline of repeatable passes: one stage, unchanged from appending the lowering passes
+    cleanup = "fold-constants,fold-shapes,infer-shapes,eliminate-dead-code"
+    assert [[p.name for p in st] for st in stages(with_lowering(parse_pipeline(cleanup)))] == \
+        [[*cleanup.split(","), *lowering]]
+    # a pipeline ending in a one-shot pass: the lowering stage is its repeatable passes and the lowering passes
+    ends = [[p.name for p in st] for st in stages(with_lowering(parse_pipeline("fold-constants,fuse-gelu")))]
+    assert ends == [["fold-constants"], ["fuse-gelu"], ["fold-constants", *lowering]]
+
+
+def _center_crop_pad() -> onnx.ModelProto:
+    # CenterCropPad's function body computes the crop and pad from Shape(x) (Max/Sub/Div of shape values)
+    return model([oh.make_node("CenterCropPad", ["x", "s"], ["y"])], [vi("x", [3, 4])], [vi("y", [2, 5])], opset=18,
+                 initializers=[const("s", np.array([2, 5], np.int64))])
+
+
+def _celu_bfloat16() -> onnx.ModelProto:
+    # Celu's body holds a Constant (alpha) of the input's type, which TVM cannot read as a bfloat16 Constant node
+    m = model([oh.make_node("Celu", ["x"], ["y"], alpha=2.0)], [vi("x", [3], T.BFLOAT16)], [vi("y", [3], T.BFLOAT16)],
+              opset=28)  # Celu takes bfloat16 from opset 28
+    m.ir_version = onnx.IR_VERSION
+    return m
+
+
+def _reduce_max_empty() -> onnx.ModelProto:
+    # an empty-set reduction: TVM's kernel leaves the output unset; fold-empty-inputs + fold-constants give -inf
+    return model([oh.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=1)], [vi("x", [2, 0, 4])],
+                 [vi("y", [2, 1, 4])], opset=18, initializers=[const("axes", np.array([1], np.int64))])
+
+
+@pytest.mark.parametrize("make", [_center_crop_pad, _celu_bfloat16, _reduce_max_empty], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("pipeline", [None, ONE_SHOT_TAIL], ids=["x86", "one-shot-tail"])
+def test_lowered_bodies_are_folded_after_one_shot_passes(make: Callable[[], onnx.ModelProto], pipeline: str | None) -> None:
+    import targets
+    from lepton.codegen import to_relax
+    from lepton.compiler import optimize_for
+
+    m = make()
+    graph = lepton_ir.load(m)
+    optimize_for(graph, targets.resolve("x86"), pipeline)
+    left = ops(graph)
+    assert not {"Shape", "Max", "ReduceMax"} & set(left), left  # the crop's shape values, the empty reduction
+    constants = [n.outputs[0] for n in graph.all_nodes() if n.op_type == "Constant"]
+    assert all(v.dtype != T.BFLOAT16 for v in constants), left  # folded into an initializer
+    to_relax(graph)  # TVM's frontend takes it (it raised ConversionError on the unfolded bodies)
+    if make is _reduce_max_empty:
+        y = lepton_ir.constants.constant_value(graph, graph.outputs[0])
+        assert y is not None and y.shape == (2, 1, 4) and np.all(y == -np.inf)
+    elif make is _center_crop_pad:
+        x = floats(3, 4)
+        assert_outputs_close(run_model(m, {"x": x}), run_model(lepton_ir.to_onnx(graph), {"x": x}))
