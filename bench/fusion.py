@@ -74,18 +74,6 @@ def models() -> dict[str, Model]:
     return {m.name: m for m in out}
 
 
-def _close(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> tuple[bool, float]:
-    worst = 0.0
-    for name, x in ref.items():
-        y = got.get(name)
-        if y is None or y.shape != x.shape:
-            return False, float("inf")
-        worst = max(worst, float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)), initial=0.0)))
-        if not np.allclose(y, x, rtol=1e-4, atol=1e-4, equal_nan=True):
-            return False, worst
-    return True, worst
-
-
 def _first_line(e: BaseException) -> str:
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else '(no message)'}"[:300]
@@ -142,7 +130,7 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
     import lepton_ir
     import targets
     from bench.corpus import Unavailable
-    from bench.latency import ort_runner, time_blocks
+    from bench.latency import ort_runner, outputs_close, time_blocks
     from lepton.verify.inputs import synthesize
 
     row: dict[str, Any] = {"model": m.name, "source": m.source, "tools": {}}
@@ -179,7 +167,7 @@ def bench_model(m: Model, pipelines: Mapping[str, str], repeat: int, inner: int,
     ref = runners["onnxruntime"](feeds)
     live: dict[str, Callable[[], object]] = {}
     for tool, run in runners.items():
-        ok, err = _close(ref, run(feeds))
+        ok, err = outputs_close(ref, run(feeds))
         r = row["tools"].setdefault(tool, {})
         if ok:
             r["max_abs_err"] = err

@@ -68,7 +68,8 @@ def time_blocks(
     return rounds
 
 
-def _close(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[bool, float]:
+def outputs_close(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> tuple[bool, float]:
+    """Whether `got` matches `ref` (same names and shapes, rtol/atol 1e-4, NaN where NaN), and the worst abs error."""
     worst = 0.0
     for name, x in ref.items():
         y = got.get(name)
@@ -170,7 +171,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     ref = runners["onnxruntime"](feeds)
     live: dict[str, Runner] = {}
     for tool, run in runners.items():
-        ok, err = _close(ref, run(feeds))
+        ok, err = outputs_close(ref, run(feeds))
         if not ok:
             row["tools"][tool] = {"error": f"outputs differ from onnxruntime (max abs err {err:.3g})"}
         else:
