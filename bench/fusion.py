@@ -13,7 +13,8 @@ pinned in the ONNX so both tools see the same static model):
   (`training=PRESERVE`, no constant folding), 64x64 input.
 
 Tools, one process, timed in the same run: `onnxruntime` (default session options, i.e. all graph
-optimizations, with the x86 target's core count as intra-op threads), `lepton` (`lepton.compile(model,
+optimizations, with the x86 target's core count as intra-op threads), `lepton` (with `TVM_NUM_THREADS` set to
+the same count unless the caller set it) `lepton.compile(model,
 "x86")`, the target's pipeline as shipped) and, per `--without` (repeatable), `lepton-without-<passes>`:
 the same compile with those passes removed from the target's pipeline text (`passes=`), so a run shows what
 each pass buys. Every Lepton build is verified against onnxruntime by `compile`, and its outputs are
@@ -241,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in known]
     if unknown:
         p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    base = targets.resolve("x86").pipeline
+    target = targets.resolve("x86")
+    base = target.pipeline
+    # the same thread count as onnxruntime's; left to lepton.threads, each module picks one or both cores on its
+    # first calls, and on a shared machine that choice differed between builds of one model
+    threads = os.environ.setdefault("TVM_NUM_THREADS", str(target.options.get("num_cores", os.cpu_count() or 1)))
     try:
         pipelines = variants(base, [split_names(w) for w in args.without])
     except ValueError as e:
@@ -254,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(bench_model(known[name], pipelines, args.repeat, args.inner, lambda s: print(s, flush=True),
                                 args.quiet_wait))
     meta = {"started": started.isoformat(timespec="seconds"), "cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)),
-            "repeat": args.repeat, "inner": args.inner, "pipelines": pipelines,
+            "repeat": args.repeat, "inner": args.inner, "tvm_num_threads": threads, "pipelines": pipelines,
             "quiet_wait_s": args.quiet_wait, "seconds": round(time.perf_counter() - t_start)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

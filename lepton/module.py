@@ -57,7 +57,7 @@ _KDL_CPU = 1
 class _InputPlan:
     """One input's check and hand-over to TVM, prepared at load."""
 
-    __slots__ = ("name", "spec", "dtype", "static", "rank", "dims", "symbolic", "fast", "cpu", "_staged")
+    __slots__ = ("name", "spec", "dtype", "static", "rank", "dims", "symbolic", "fast", "cpu", "_staged", "_runtime")
 
     def __init__(self, spec: TensorSpec, cpu: bool) -> None:
         self.name = spec.name
@@ -75,6 +75,9 @@ class _InputPlan:
         self.cpu = cpu
         self.fast = self.dtype is not None and spec.dtype in _DLPACK_DTYPES  # else the full check and tvm.runtime.tensor
         self._staged: tuple[tuple[int, ...], Any, np.ndarray] | None = None
+        import tvm  # loaded already: the module holds a VM
+
+        self._runtime = tvm.runtime
 
     def fits(self, arr: np.ndarray, bound: dict[str, int]) -> bool:
         """Whether `arr` (of this input's dtype) has a shape the signature allows; binds symbols in `bound`."""
@@ -96,18 +99,16 @@ class _InputPlan:
 
     def tensor(self, arr: np.ndarray, device: Any) -> Any:
         """`arr` as a TVM tensor on `device` (an array that passed the check)."""
-        import tvm
-
         if not (self.fast and self.cpu):
             from lepton.codegen.narrow import to_storage_array  # sub-byte types travel as bytes
 
-            return tvm.runtime.tensor(to_storage_array(arr), device)
+            return self._runtime.tensor(to_storage_array(arr), device)
         if arr.nbytes >= ZERO_COPY_MIN_BYTES and arr.flags.c_contiguous and arr.flags.writeable \
                 and arr.ctypes.data % _ALIGNMENT == 0:
-            return tvm.runtime.from_dlpack(arr)
+            return self._runtime.from_dlpack(arr)
         staged = self._staged
         if staged is None or staged[0] != arr.shape:
-            t = tvm.runtime.empty(arr.shape, self.spec.dtype, device)
+            t = self._runtime.empty(arr.shape, self.spec.dtype, device)
             staged = self._staged = (arr.shape, t, np.from_dlpack(t))
         staged[2][...] = arr
         return staged[1]
@@ -155,7 +156,10 @@ class CompiledModule:
         self._out_plans = tuple(_OutputPlan(spec, cpu) for spec in signature.outputs)
         self._symbolic = any(p.symbolic for p in self._plans)
         self._lock = threading.Lock()
-        self._threads = ThreadChoice()
+        import tvm  # loaded already: `vm` is a TVM VM
+
+        self._tensor_type = tvm.runtime.Tensor
+        self._threads = ThreadChoice() if cpu else ThreadChoice(cpus=1)  # on a GPU the host threads matter little
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -179,13 +183,12 @@ class CompiledModule:
 
     def threads(self, **shapes: Sequence[int]) -> int | None:
         """The TVM thread count chosen for calls with these input shapes (by name; all of them when the
-        signature has symbolic dims, none otherwise); None while it is still being measured, or where
-        TVM_NUM_THREADS/OMP_NUM_THREADS or a single CPU leave nothing to choose."""
+        signature has symbolic dims, none otherwise); None before the first choice, and where nothing is
+        chosen: TVM_NUM_THREADS/OMP_NUM_THREADS set, a single CPU, or a module that runs on a GPU."""
         names = [p.name for p in self._plans] if self._symbolic else []
         if sorted(shapes) != sorted(names):
-            raise InputError(f"threads() takes the shape of {'every input (' + ', '.join(names) + ')' if names else 'no input'}"
-                             f"{' (the signature has symbolic dims)' if names else ' (the signature is static)'}, "
-                             f"not {', '.join(sorted(shapes)) or 'none'}")
+            raise InputError(f"threads() takes every input's shape by name ({', '.join(names)}): the signature has symbolic dims"
+                             if names else "threads() takes no shapes: the signature is static")
         if not self._threads.active:
             return None
         return self._threads.decided(tuple(tuple(shapes[n]) for n in names) if self._symbolic else None)
@@ -199,7 +202,7 @@ class CompiledModule:
         with self._lock:
             args = [p.tensor(a, self._device) for p, a in zip(self._plans, arrays, strict=True)]
             choice = self._threads
-            if choice.active:
+            if choice.active:  # as the environment was when the module was loaded
                 key = tuple(a.shape for a in arrays) if self._symbolic else None
                 n, timed = choice.next(key)
                 use_threads(n)
@@ -212,7 +215,7 @@ class CompiledModule:
             else:
                 use_available_cpus()  # a no-op where the user set TVM_NUM_THREADS/OMP_NUM_THREADS
                 result = self._main(*args)
-            values = _flatten(result)
+            values = [result] if type(result) is self._tensor_type else _flatten(result)
             if len(values) != len(self._out_plans):
                 raise InternalError(f"module {self.path} returned {len(values)} outputs, its signature has {len(self.outputs)}")
             return {o.spec.name: o.array(v) for o, v in zip(self._out_plans, values, strict=True)}

@@ -15,7 +15,7 @@ count, and `lepton inspect` takes 30-400 ms), so which models are small is measu
 input shapes, on the module's own first calls (`ThreadChoice`): after one warm-up call, the fastest of
 `SIZE_CALLS` calls on all CPUs taking `SMALL_CALL_S` or more marks a big model, which keeps all CPUs and
 is never tried on one thread; a smaller one is timed in `ROUNDS` alternating blocks on one thread and on
-all CPUs, and one thread is kept when its median is at least `MARGIN` faster. The choice takes a few
+all CPUs, and one thread is kept when it is at least `MARGIN` faster (medians of the blocks' fastest calls). The choice takes a few
 hundred calls for the smallest models, a few dozen for 1-10 ms ones, and is measured again every
 `RECHECK_S` seconds, because other work on the machine tilts it. Big models are never re-measured.
 With TVM_NUM_THREADS/OMP_NUM_THREADS set, or one CPU available, nothing is chosen or configured.
@@ -44,12 +44,13 @@ SMALL_CALL_S = 0.010
 SIZE_CALLS = 3
 #: Trials: `ROUNDS` rounds of a block of calls on one thread, then a block on all CPUs. A block is at
 #: least `BLOCK` calls and `BLOCK_S` seconds of calls (so that a scheduler hiccup is one call among many);
-#: its first call (after the pool was resized) is not counted, and its figure is the median of the rest.
+#: its first call (after the pool was resized) is not counted, and its figure is the fastest of the rest:
+#: other work on the machine only adds time, so the fastest call is the figure it moves least.
 BLOCK = 4
 BLOCK_S = 0.002
 ROUNDS = 5
 #: One thread is chosen when its median call is at least this much faster than on all CPUs.
-MARGIN = 0.10
+MARGIN = 0.05
 #: A choice made from trials is measured again after this many seconds (at its next call): conditions change
 #: (other work on the machine made one thread look best for MobileNetV2, 16 vs 28 ms, on the busy 2-core
 #: machine, where it takes 5 ms on two threads when quiet).
@@ -124,13 +125,10 @@ class ThreadChoice:
 
     def __init__(self, cpus: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.cpus = len(available_cpus()) if cpus is None else cpus
+        #: False where there is nothing to choose: one CPU, or the user set the thread count (read here, once).
+        self.active = self.cpus > 1 and not user_sets_threads()
         self._clock = clock
         self._shapes: dict[Hashable, _Shape] = {}
-
-    @property
-    def active(self) -> bool:
-        """False where there is nothing to choose: one CPU, or the user set the thread count."""
-        return self.cpus > 1 and not user_sets_threads()
 
     def decided(self, key: Hashable) -> int | None:
         """The thread count chosen for `key` (the last choice while it is re-measured), or None before the
@@ -173,7 +171,7 @@ class ThreadChoice:
         s.spent += seconds
         if len(s.block) <= BLOCK or s.spent < BLOCK_S:
             return
-        (s.one if threads == 1 else s.all).append(statistics.median(s.block[1:]))
+        (s.one if threads == 1 else s.all).append(min(s.block[1:]))
         s.block, s.spent = [], 0.0
         if len(s.all) == ROUNDS:
             s.stage, s.threads = 3, 1 if prefer_one_thread(s.one, s.all) else self.cpus

@@ -235,21 +235,21 @@ class _Attention(ReplaceRule):
             isnan = None if cond is None else cond.producer
             if isnan is None or isnan.op_type != "IsNaN" or isnan.inputs[0] is not inner or \
                     scalar_of(graph, zero, rank_of(inner)) != 0.0 or inner is None:
-                return failed(f"{p_value.name!r} is a Where that is not the NaN guard Where(IsNaN(p), 0, p)")
+                return failed(f"{p_value.name!r} is a Where that is not the NaN guard Where(IsNaN(p), 0, p)", 1)
             core += [sm, isnan]
             guard = True
             sm = inner.producer
         if sm is None or sm.op_type != "Softmax" or sm.domain or sm.graph is not graph:
-            return failed(f"{node.name!r} does not read a Softmax (it is not attention's context MatMul)")
+            return failed(f"{node.name!r} does not read a Softmax (it is not attention's context MatMul)", len(core) - 1)
         core.append(sm)
         logits = sm.inputs[0]
         shape4 = static(logits)
         if shape4 is None or len(shape4) != 4:
-            return failed(f"the attention scores {logits.name!r} are not a static 4-d tensor")  # type: ignore[union-attr]
+            return failed(f"the attention scores {logits.name!r} are not a static 4-d tensor", len(core))  # type: ignore[union-attr]
         if _softmax_axis(sm, graph) % 4 != 3:
-            return failed(f"{sm.name!r} is not over the last axis")
+            return failed(f"{sm.name!r} is not over the last axis", len(core))
         if not (float32(logits) and float32(v_value)):
-            return failed("the attention is not float32")
+            return failed("the attention is not float32", len(core))
         lg = _logits(graph, logits)  # type: ignore[arg-type]
         if isinstance(lg, str):
             return failed(lg, len(core))
