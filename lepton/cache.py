@@ -2,12 +2,15 @@
 
 Invariants: an entry appears only whole (copied into a staging folder, then renamed into place);
 `lookup` returns an entry only after its manifest and every file hash check out, and deletes a
-corrupted one. The key covers the model, the target, the options, the tool versions and Lepton's version.
+corrupted one. The key covers the model, the target, the options, the tool versions, Lepton's version and
+the content of its code (a changed pass or schedule never reuses an artifact of the old one).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -40,13 +43,35 @@ def cache_dir() -> Path:
     return Path(base) / "lepton" / "compiled"
 
 
+#: Lepton's packages: every file in them (sources, target TOMLs, shipped tuning databases) is part of the key.
+_PACKAGES = ("lepton", "lepton_ir", "passes", "targets")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 over the relative paths and contents of every file of Lepton's packages (bytecode caches aside).
+
+    The version number alone is not enough: a changed pass, schedule or tuning database under the same
+    version must never be served an artifact the previous code built."""
+    digest = hashlib.sha256()
+    for package in _PACKAGES:
+        spec = importlib.util.find_spec(package)
+        roots = list(spec.submodule_search_locations or []) if spec is not None else []
+        for root in map(Path, roots):
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                digest.update(f"{package}/{path.relative_to(root).as_posix()}\0".encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
 def cache_key(source_sha256: str, target_key: str, options: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of the inputs, the tool versions and Lepton's version.
+    """sha256 of the canonical JSON of the inputs, the tool versions, Lepton's version and its code
+    (`code_fingerprint`).
 
     `options` must be JSON-serializable (TypeError otherwise); key order does not matter.
     """
     payload = {"format": FORMAT, "source": source_sha256, "target": target_key, "options": options,
-               "tools": tool_versions(), "lepton": lepton_version()}
+               "tools": tool_versions(), "lepton": lepton_version(), "code": code_fingerprint()}
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -82,6 +82,13 @@ class Target:
     options: FrozenMap
     source: str
 
+    @property
+    def vector_registers(self) -> int:
+        """SIMD registers a CPU kernel can tile into: 32 on AVX-512 and AArch64 (NEON), 16 on other x86 (AVX2, SSE)."""
+        if self.kind == "arm":
+            return 32
+        return 32 if "avx512f" in {host.normalize(f) for f in self.features} else 16
+
     def tvm_target(self) -> tvm.target.Target:
         """The TVM target, with its host target for GPU kinds."""
         import tvm

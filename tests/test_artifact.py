@@ -415,6 +415,31 @@ def test_cache_store_and_lookup(art: Path, cache_root: Path, tmp_path: Path) -> 
     assert [p.name for p in cache_root.iterdir()] == [key]  # no staging leftovers
 
 
+def test_cache_key_follows_the_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed file of Lepton's packages (a pass, a schedule, a tuning database) changes every key."""
+    pkg = tmp_path / "fakepkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "db.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cache, "_PACKAGES", ("fakepkg",))
+
+    def key() -> str:
+        cache.code_fingerprint.cache_clear()
+        return cache.cache_key("ab" * 32, "t", {})
+
+    first = key()
+    assert key() == first
+    (pkg / "sub" / "db.json").write_text('{"x": 1}')
+    assert key() != first
+    (pkg / "sub" / "db.json").write_text("{}")
+    assert key() == first
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "x.pyc").write_bytes(b"junk")  # bytecode is not code
+    assert key() == first
+    cache.code_fingerprint.cache_clear()
+
+
 def test_cache_concurrent_stores_of_one_key(art: Path, cache_root: Path) -> None:
     key = "cd" * 32
     results: list[Path] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -104,6 +106,27 @@ def test_matmul_is_scheduled_and_matches_onnxruntime(a: tuple[int, ...], b: tupl
     funcs = [f for f in _legalized_funcs(model) if "matmul" in f.script()]
     assert TiledReduction(16).apply(funcs[0].with_attr("global_symbol", "main"), TARGET, False) is not None
     _check(model, {"a": a})
+
+
+def _accumulators(sch: object, lanes: int) -> int:
+    """Vector registers the schedule's register tile takes: the unrolled rows times the vectorized width over
+    the lanes, read off the reduction's innermost loops (`for k: for u in T.unroll(U): for v in T.vectorized(V)`)."""
+    tile = re.search(r"T\.unroll\(T\.int64\((\d+)\)\):\s*for \w+ in T\.vectorized\(T\.int64\((\d+)\)\):\s*with T\.sblock\(\"matmul_update\"",
+                     sch.mod.script())
+    assert tile is not None, sch.mod.script()
+    return int(tile.group(1)) * -(-int(tile.group(2)) // lanes)
+
+
+def test_register_tile_fits_the_targets_vector_registers() -> None:
+    """16 registers (AVX2): at most 12 accumulators, so that inputs have registers left (24 spilled to the
+    stack); 32 (AVX-512, NEON): up to 24."""
+    rng = np.random.default_rng(3)
+    model = _model([helper.make_node("MatMul", ["a", "w"], ["y"])], {"a": [64, 256]},
+                   {"w": rng.standard_normal((256, 256)).astype(np.float32)})
+    func = next(f for f in _legalized_funcs(model) if "matmul" in f.script()).with_attr("global_symbol", "main")
+    wide = _accumulators(TiledReduction(8, 32).apply(func, TARGET, False), 8)
+    narrow = _accumulators(TiledReduction(8, 16).apply(func, TARGET, False), 8)
+    assert narrow <= 12 < wide <= 24
 
 
 def test_gemm_with_transposed_weight_matches_onnxruntime() -> None:

@@ -135,6 +135,7 @@ def test_variants_inherit_from_their_base() -> None:
         assert getattr(avx512, field) == getattr(base, field)
     assert avx512.tvm["mtriple"] == base.tvm["mtriple"] and avx512.tvm["mcpu"] == "skylake-avx512"
     assert avx512.vector_lanes == 16 and resolve("x86-avx2").vector_lanes == 8
+    assert (avx512.vector_registers, resolve("x86-avx2").vector_registers, dot.vector_registers) == (32, 16, 32)
     assert dot.tvm["mattr"] == ("+neon", "+dotprod") and dot.tvm["mtriple"] == "aarch64-linux-gnu"
     assert dot.options == resolve("arm").options
 

@@ -35,6 +35,7 @@ from lepton_ir import UserError
 
 X86 = targets.resolve("x86")
 LANES = X86.vector_lanes
+REGISTERS = X86.vector_registers
 
 
 def _model(nodes: list[onnx.NodeProto], inputs: dict[str, list[int]], inits: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -89,7 +90,7 @@ def _scheduled(model: onnx.ModelProto) -> dict[str, tirx.PrimFunc]:
 
 def _commit(directory: Path, mod: tvm.IRModule, path: tuple[int, ...], secs: float) -> None:
     db = dbs.open_database(directory)
-    sch = schedule_at(mod, LANES, path)
+    sch = schedule_at(mod, LANES, path, REGISTERS)
     db.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, db.commit_workload(mod), [secs], X86.tvm_target(), ms.arg_info.ArgInfo.from_prim_func(mod["main"])))
 
@@ -102,9 +103,9 @@ def test_default_decisions_reproduce_the_default_schedule_and_every_point_comput
     assert sorted("conv2d" if "conv2d" in t.name else t.name for t in tasks) == ["conv2d", "matmul"]
     tt = X86.tvm_target()
     for task in tasks:
-        default = TiledReduction(LANES).apply(task.mod["main"], tt, False)
+        default = TiledReduction(LANES, REGISTERS).apply(task.mod["main"], tt, False)
         assert default is not None
-        grid = list(decision_paths(task.mod, LANES))
+        grid = list(decision_paths(task.mod, LANES, REGISTERS))
         paths = [p for p, _ in grid]
         assert len(set(paths)) == len(paths) >= 4 and not any(paths[0])
         tvm.ir.assert_structural_equal(grid[0][1].mod["main"].body, default.mod["main"].body)
@@ -124,7 +125,7 @@ def test_default_decisions_reproduce_the_default_schedule_and_every_point_comput
 
 def test_prune_keeps_the_best_successful_record_per_workload(tmp_path: Path) -> None:
     task, _ = _conv_and_matmul_tasks()
-    paths = [p for p, _ in decision_paths(task.mod, LANES)][:4]
+    paths = [p for p, _ in decision_paths(task.mod, LANES, REGISTERS)][:4]
     for path, secs in zip(paths, [3e-3, 1e-3, 1e10, 2e-3], strict=True):  # 1e10: MetaSchedule's failed measurement
         _commit(tmp_path, task.mod, path, secs)
     (best,) = prune(dbs.open_database(tmp_path)).get_all_tuning_records()
@@ -140,19 +141,19 @@ def test_compile_applies_shipped_then_local_records_and_default_rules_for_missin
     shipped, local = tuning_dirs
     model = _conv_matmul()
     conv, matmul = _conv_and_matmul_tasks()
-    last = list(decision_paths(conv.mod, LANES))[-1][0]
+    last = list(decision_paths(conv.mod, LANES, REGISTERS))[-1][0]
     _commit(local, conv.mod, last, 1e-3)
     funcs = _scheduled(model)
     (conv_f,) = [f for n, f in funcs.items() if "conv" in n]
     (mm_f,) = [f for n, f in funcs.items() if "matmul" in n]
-    tvm.ir.assert_structural_equal(conv_f.body, schedule_at(conv.mod, LANES, last).mod["main"].body)
-    tvm.ir.assert_structural_equal(mm_f.body, schedule_at(matmul.mod, LANES, ()).mod["main"].body)  # not in any DB
+    tvm.ir.assert_structural_equal(conv_f.body, schedule_at(conv.mod, LANES, last, REGISTERS).mod["main"].body)
+    tvm.ir.assert_structural_equal(mm_f.body, schedule_at(matmul.mod, LANES, (), REGISTERS).mod["main"].body)  # not in any DB
     assert "global_symbol" not in conv_f.attrs and conv_f.attrs["tirx.is_scheduled"]
 
-    other = next(p for p, _ in decision_paths(conv.mod, LANES) if p not in (last, (0,) * len(last)))
+    other = next(p for p, _ in decision_paths(conv.mod, LANES, REGISTERS) if p not in (last, (0,) * len(last)))
     _commit(shipped, conv.mod, other, 5e-3)  # slower than the local record, but the shipped database comes first
     (conv_f,) = [f for n, f in _scheduled(model).items() if "conv" in n]
-    tvm.ir.assert_structural_equal(conv_f.body, schedule_at(conv.mod, LANES, other).mod["main"].body)
+    tvm.ir.assert_structural_equal(conv_f.body, schedule_at(conv.mod, LANES, other, REGISTERS).mod["main"].body)
     res = lepton.compile(model, X86, use_cache=False)
     assert res.verify_report is not None and res.verify_report.ok
 
@@ -227,7 +228,7 @@ def test_arm_candidates_are_built_here_and_linked_by_the_cross_compiler() -> Non
     arm = targets.resolve("arm")
     assert tuner._exporter(arm) is measure.export_aarch64
     conv = next(t for t in extract_tasks(_conv_matmul(), arm) if "conv" in t.name)
-    path = measure.export_aarch64(measure.build(schedule_at(conv.mod, arm.vector_lanes, ()).mod, arm.tvm_target(), None))
+    path = measure.export_aarch64(measure.build(schedule_at(conv.mod, arm.vector_lanes, (), arm.vector_registers).mod, arm.tvm_target(), None))
     with open(path, "rb") as f:
         assert struct.unpack_from("<H", f.read(20), 18)[0] == 183  # EM_AARCH64
     shutil.rmtree(os.path.dirname(path))

@@ -102,7 +102,7 @@ def cpu_schedule_passes(target: Target) -> list[tvm.transform.Pass]:
     from tvm.s_tir import dlight as dl
 
     lanes = target.vector_lanes or 4
-    return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes), dl.cpu.GEMV(), dl.cpu.Reduction())]
+    return [*apply_passes(target), dl.ApplyDefaultSchedule(*cpu_rules(lanes, target.vector_registers), dl.cpu.GEMV(), dl.cpu.Reduction())]
 
 
 def cpu_prepack_passes(notes: list[str] | None = None) -> list[tvm.transform.Pass]:

@@ -16,21 +16,21 @@ from collections.abc import Iterator, Sequence
 
 from tvm import IRModule, s_tir
 
-from lepton.codegen.schedules.cpu import LOOP_ORDER_NAMES, tiled_reduction_space
+from lepton.codegen.schedules.cpu import DEFAULT_REGISTERS, LOOP_ORDER_NAMES, tiled_reduction_space
 
 DecisionPath = tuple[int, ...]
 
 _SAMPLE_CATEGORICAL = "SampleCategorical"
 
 
-def schedule_at(mod: IRModule, lanes: int, path: Sequence[int]) -> s_tir.Schedule:
+def schedule_at(mod: IRModule, lanes: int, path: Sequence[int], registers: int = DEFAULT_REGISTERS) -> s_tir.Schedule:
     """The template applied to `mod` at decision path `path` (ValueError if the template does not apply)."""
     sch = s_tir.Schedule(mod)
-    tiled_reduction_space(sch, lanes, path)
+    tiled_reduction_space(sch, lanes, path, registers)
     return sch
 
 
-def decision_paths(mod: IRModule, lanes: int) -> Iterator[tuple[DecisionPath, s_tir.Schedule]]:
+def decision_paths(mod: IRModule, lanes: int, registers: int = DEFAULT_REGISTERS) -> Iterator[tuple[DecisionPath, s_tir.Schedule]]:
     """Every decision path of the template on `mod` with its schedule, the default path first.
 
     Later candidate lists may depend on earlier decisions (U's on V), so the grid is a tree walked
@@ -40,7 +40,7 @@ def decision_paths(mod: IRModule, lanes: int) -> Iterator[tuple[DecisionPath, s_
     while stack:
         prefix = stack.pop()
         try:
-            sch = schedule_at(mod, lanes, prefix)
+            sch = schedule_at(mod, lanes, prefix, registers)
         except Exception:  # noqa: BLE001 - a decision the workload cannot take (s_tir raises several types)
             continue
         counts = [len(inst.attrs[0]) for inst in sch.trace.insts if inst.kind.name == _SAMPLE_CATEGORICAL]

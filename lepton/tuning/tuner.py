@@ -166,7 +166,7 @@ def extract_tasks(model: ModelLike, target: str | Target, input_shapes: InputSha
     mod = to_relax(graph, provenance)
     with tvm_target, tvm_failures(tgt.name, provenance):
         mod = tvm.transform.Sequential(cpu_prepare_passes(tgt))(mod)
-    rule = TiledReduction(tgt.vector_lanes or 4)
+    rule = TiledReduction(tgt.vector_lanes or 4, tgt.vector_registers)
     tasks = []
     for task in ms.relax_integration.extract_tasks(mod, tvm_target):
         workload = task.dispatched[0]
@@ -229,7 +229,7 @@ def tune(
         workload = database.commit_workload(task.mod)
         records = database.get_top_k(workload, 1 << 30)
         measured = {trace_path(r.trace): s for r in records if (s := mean_secs(r.run_secs)) is not None}
-        grid = list(decision_paths(task.mod, lanes))
+        grid = list(decision_paths(task.mod, lanes, tgt.vector_registers))
         status.grid, status.measured = len(grid), sum(path in measured for path, _ in grid)
         walks.append(GridWalk(grid, measured, seed=i))
         workloads.append(workload)

@@ -41,18 +41,23 @@ _SPATIAL, _REDUCE = 0, 2  # tirx.IterVar types
 #: the weights are large: BERT-small 24.7 -> 22.4 ms, but ResNet-18 15.6 -> 16.4 ms, so tuning chooses).
 _VECTOR_TILES_INSIDE, _VECTOR_TILES_OUTSIDE = 0, 1
 LOOP_ORDER_NAMES = {_VECTOR_TILES_INSIDE: "V-inner", _VECTOR_TILES_OUTSIDE: "V-outer"}  # for tuning reports
-_MAX_ACCUMULATORS = 24  # of 32 vector registers (AVX-512, NEON); the rest hold inputs
+#: Vector registers of the targets: 32 on AVX-512 and AArch64, 16 on AVX2/SSE (`Target.vector_registers`).
+#: The default register tile holds at most 3/4 of them as accumulators, the rest hold inputs (24 of 32; on 16
+#: registers 24 accumulators spilled to the stack in every conv/matmul tile: ResNet-18 1.35x onnxruntime on
+#: an AVX2 EPYC); tuning candidates go up to all of them.
+DEFAULT_REGISTERS = 32
 
 
-def cpu_rules(lanes: int) -> list[CPUScheduleRule]:
-    """Lepton's CPU rules in order of precedence, for `lanes` fp32 lanes per vector."""
-    return [TiledReduction(lanes), Injective(lanes)]
+def cpu_rules(lanes: int, registers: int = DEFAULT_REGISTERS) -> list[CPUScheduleRule]:
+    """Lepton's CPU rules in order of precedence, for `lanes` fp32 lanes per vector and `registers` vector registers."""
+    return [TiledReduction(lanes, registers), Injective(lanes)]
 
 
 class _Rule(CPUScheduleRule):
-    def __init__(self, lanes: int) -> None:
+    def __init__(self, lanes: int, registers: int = DEFAULT_REGISTERS) -> None:
         super().__init__()
         self.lanes = max(1, int(lanes))
+        self.registers = max(4, int(registers))
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -70,7 +75,7 @@ class TiledReduction(_Rule):
     """Conv / matmul-like functions: one S..SR..R reduction block plus injective pro- and epilogue."""
 
     def _schedule(self, sch: s_tir.Schedule) -> s_tir.Schedule | None:
-        return tiled_reduction(sch, self.lanes, _default_pick)
+        return tiled_reduction(sch, self.lanes, _default_pick, self.registers)
 
 
 #: How the template takes a decision: `pick(sch, candidates)` -> (split factor or axis for the schedule,
@@ -82,13 +87,14 @@ def _default_pick(_sch: s_tir.Schedule, candidates: list[int]) -> tuple[int, int
     return candidates[0], candidates[0]
 
 
-def tiled_reduction_space(sch: s_tir.Schedule, lanes: int, decisions: Sequence[int] = ()) -> s_tir.Schedule:
+def tiled_reduction_space(sch: s_tir.Schedule, lanes: int, decisions: Sequence[int] = (),
+                          registers: int = DEFAULT_REGISTERS) -> s_tir.Schedule:
     """`TiledReduction`'s template with its decisions drawn by `sch.sample_categorical`, for MetaSchedule.
 
     Decisions, in the order they are taken (each list puts the default rule's choice first, index 0):
     the register-tile axis (4-d convolutions only: axis 1 or 2), the vector tile V (divisors of the
     innermost axis: multiples of the lanes up to 4 vectors, else partial vectors), the register tile U
-    (divisors of the register axis with U x ceil(V / lanes) <= 32 accumulators), and the loop order
+    (divisors of the register axis with U x ceil(V / lanes) <= `registers` accumulators), and the loop order
     (V's tiles outside or inside the other parallel loops).
     `decisions[i]` fixes the i-th (index into its candidates); missing ones are 0, so the default
     decisions give exactly the default rule's schedule, and the trace records every decision.
@@ -100,12 +106,12 @@ def tiled_reduction_space(sch: s_tir.Schedule, lanes: int, decisions: Sequence[i
         rv = s.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates), decision=next(taken, 0))
         return rv, int(s.get(rv))
 
-    if tiled_reduction(sch, lanes, pick) is None:
+    if tiled_reduction(sch, lanes, pick, registers) is None:
         raise ValueError("the function is not a conv/matmul-like reduction Lepton's template takes")
     return sch
 
 
-def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedule | None:
+def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick, registers: int = DEFAULT_REGISTERS) -> s_tir.Schedule | None:
     """The tiled conv/matmul schedule (module docstring), its tile decisions taken by `pick`; None if not applicable."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     kinds = [_kinds(sch, b) for b in blocks]
@@ -127,7 +133,7 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     if any(_extents(sch, b) != extents[:ns] for b in epilogue):
         return None
     vec_axis = ns - 1
-    reg_axes = _register_axes(extents[:ns], nr, lanes)
+    reg_axes = _register_axes(extents[:ns], nr, lanes, registers)
     for b in epilogue[:-1]:
         sch.compute_inline(b)
     if epilogue:
@@ -139,8 +145,8 @@ def tiled_reduction(sch: s_tir.Schedule, lanes: int, pick: Pick) -> s_tir.Schedu
     v_ext, u_ext = extents[vec_axis], extents[reg_axis]
     if not isinstance(v_ext, int) or not isinstance(u_ext, int):
         return None
-    v_factor, vt = pick(sch, _vector_tiles(v_ext, lanes, u_ext))
-    u_factor, ut = pick(sch, _register_tiles(u_ext, -(-vt // lanes)))
+    v_factor, vt = pick(sch, _vector_tiles(v_ext, lanes, u_ext, registers))
+    u_factor, ut = pick(sch, _register_tiles(u_ext, -(-vt // lanes), registers))
     _, order = pick(sch, [_VECTOR_TILES_INSIDE, _VECTOR_TILES_OUTSIDE])
 
     loops = sch.get_loops(last)
@@ -189,7 +195,7 @@ class Injective(_Rule):
         return sch
 
 
-def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
+def _register_axes(spatial: list, nr: int, lanes: int, registers: int) -> list[int]:
     """Candidate register-tile axes, best default first: the row axis for matmuls (one reduction axis);
     for 4-d convolutions axis 1 or 2 (output channels and rows in NCHW, rows and columns in NHWC),
     whichever holds more accumulators under the default tiles (ties keep axis 1)."""
@@ -202,8 +208,8 @@ def _register_axes(spatial: list, nr: int, lanes: int) -> list[int]:
         u = spatial[axis]
         if not isinstance(u, int) or not isinstance(v, int):
             return 0
-        vectors = -(-_vector_tile(v, lanes, u) // lanes)
-        return _register_tiles(u, vectors)[0] * vectors
+        vectors = -(-_vector_tile(v, lanes, u, registers) // lanes)
+        return _register_tiles(u, vectors, registers)[0] * vectors
 
     return sorted([1, 2], key=lambda a: -accumulators(a))
 
@@ -265,7 +271,7 @@ def _loops_under(sch: s_tir.Schedule, block: s_tir.SBlockRV, loop: s_tir.LoopRV)
     raise ValueError("block is not under the loop")
 
 
-def _vector_tile(extent: int, lanes: int, rows: int) -> int:
+def _vector_tile(extent: int, lanes: int, rows: int, registers: int) -> int:
     """Default tile of the vectorized axis for a register axis of `rows`: among the multiples of the lanes
     up to 4 vectors that divide `extent` (4 only on wide axes), the one whose default register tile holds
     the most accumulators (ties: the wider); with no such multiple, the largest divisor <= lanes (one
@@ -273,24 +279,24 @@ def _vector_tile(extent: int, lanes: int, rows: int) -> int:
     whole = [lanes * m for m in (4, 2, 1) if extent % (lanes * m) == 0 and (m < 4 or extent >= 8 * lanes)]
     if not whole:
         return _divisor_at_most(extent, lanes)
-    return max(whole, key=lambda v: (_register_tiles(rows, v // lanes)[0] * (v // lanes), v))
+    return max(whole, key=lambda v: (_register_tiles(rows, v // lanes, registers)[0] * (v // lanes), v))
 
 
-def _vector_tiles(extent: int, lanes: int, rows: int) -> list[int]:
+def _vector_tiles(extent: int, lanes: int, rows: int, registers: int) -> list[int]:
     """Vector tile candidates: the default `_vector_tile` first, then the other multiples of the lanes up to
     4 vectors that divide the extent, or (no multiple divides it) its divisors between half a vector and 4."""
-    default = _vector_tile(extent, lanes, rows)
+    default = _vector_tile(extent, lanes, rows, registers)
     divisors = [d for d in range(1, min(extent, 4 * lanes) + 1) if extent % d == 0]
     whole = [d for d in divisors if d % lanes == 0]
     others = whole if whole else [d for d in divisors if d >= lanes // 2]
     return [default, *(d for d in others if d != default)]
 
 
-def _register_tiles(extent: int, vectors: int) -> list[int]:
-    """Register tile candidates for `vectors` vectors per row: the default (at most 16 rows and
-    `_MAX_ACCUMULATORS` accumulators) first, then every divisor of the extent within 32 accumulators."""
-    default = _divisor_at_most(extent, max(1, min(16, _MAX_ACCUMULATORS // vectors)))
-    others = [d for d in range(1, min(extent, 32 // vectors) + 1) if extent % d == 0 and d != default]
+def _register_tiles(extent: int, vectors: int, registers: int) -> list[int]:
+    """Register tile candidates for `vectors` vectors per row: the default (at most 16 rows and 3/4 of the
+    `registers` as accumulators) first, then every divisor of the extent within `registers` accumulators."""
+    default = _divisor_at_most(extent, max(1, min(16, registers * 3 // 4 // vectors)))
+    others = [d for d in range(1, min(extent, registers // vectors) + 1) if extent % d == 0 and d != default]
     return [default, *others]
 
 
