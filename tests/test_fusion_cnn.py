@@ -15,9 +15,8 @@ import numpy as np
 import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
-from onnx import TensorProto as T
 from onnx import helper as oh
-from onnx import numpy_helper as nh
+import onnx_net
 from passutil import assert_outputs_close, assert_pass_preserves, run_pass
 from strategies import onnx_models, random_inputs
 from strategies_fusion import Chain, fusion_chains
@@ -34,60 +33,11 @@ from passes.ort import run_model
 FUSION = "fuse-batchnorm,fuse-bias,fuse-activation,decompose-batchnorm,eliminate-dead-code"
 
 
-class Net:
-    """A small ONNX graph builder: `x = n.input(shape)`, `y = n.op("Relu", x)`, `n.model(y)`."""
+class Net(onnx_net.Net):
+    """`onnx_net.Net` with every node named (the reasons the tests check quote node names)."""
 
     def __init__(self, opset: int = 17, seed: int = 0) -> None:
-        self.opset = opset
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.feeds: dict[str, np.ndarray] = {}
-        self.count = 0
-
-    def _name(self, base: str) -> str:
-        self.count += 1
-        return f"{base}{self.count}"
-
-    def input(self, *shape: int, name: str | None = None, dtype: Any = np.float32) -> str:
-        name = name or self._name("in")
-        self.inputs.append(oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape)))
-        self.feeds[name] = self.rng.standard_normal(shape).astype(dtype)
-        return name
-
-    def const(self, arr: Any, name: str | None = None, dtype: Any = np.float32) -> str:
-        name = name or self._name("c")
-        self.inits.append(nh.from_array(np.asarray(arr, dtype), name))
-        return name
-
-    def rand(self, *shape: int, scale: float = 1.0, dtype: Any = np.float32) -> str:
-        return self.const(self.rng.standard_normal(shape) * scale, dtype=dtype)
-
-    def op(self, op_type: str, *inputs: str, name: str | None = None, **attrs: Any) -> str:
-        out = self._name(op_type.lower())
-        self.nodes.append(oh.make_node(op_type, list(inputs), [out], name=name or self._name(op_type), **attrs))
-        return out
-
-    def bn(self, x: str, channels: int, **attrs: Any) -> str:
-        r = self.rng
-        return self.op("BatchNormalization", x, self.const(r.standard_normal(channels)), self.const(r.standard_normal(channels)),
-                       self.const(r.standard_normal(channels) * 0.5), self.const(r.random(channels) + 0.5), **attrs)
-
-    def model(self, *outputs: str, shapes: dict[str, list[int]] | None = None) -> onnx.ModelProto:
-        """The model; output types are inferred, or given in `shapes` (float32) for ops ONNX cannot infer."""
-        shapes = shapes or {}
-        infos = [oh.make_tensor_value_info(o, T.FLOAT, shapes[o]) if o in shapes else oh.make_tensor_value_info(o, T.UNDEFINED, None)
-                 for o in outputs]
-        g = oh.make_graph(self.nodes, "net", self.inputs, infos, self.inits)
-        domains = {n.domain for n in self.nodes if n.domain}
-        m = oh.make_model(g, opset_imports=[oh.make_opsetid("", self.opset), *(oh.make_opsetid(d, 1) for d in domains)],
-                          ir_version=8)
-        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
-        del m.graph.output[:]
-        m.graph.output.extend(inferred.graph.output)
-        onnx.checker.check_model(m, full_check=True)
-        return m
+        super().__init__(opset, seed, node_names=True)
 
 
 def ops(graph: Graph) -> list[str]:

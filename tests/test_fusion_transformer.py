@@ -11,7 +11,6 @@ exporters compiled and verified with the target pipeline.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,9 +18,7 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import TensorProto as T
-from onnx import helper as oh
-from onnx import numpy_helper as nh
+from onnx_net import Net
 from passutil import assert_outputs_close, run_pass
 
 import lepton_ir
@@ -37,65 +34,6 @@ FUSIONS = ("merge-qkv,fuse-attention,fuse-gelu,fuse-bias-gelu,fuse-layernorm,fus
            "merge-reshapes,eliminate-noop,eliminate-dead-code")
 MIN = float(np.finfo(np.float32).min)
 
-
-class Net:
-    """A small ONNX graph builder: `x = n.input(2, 3)`, `y = n.op("Relu", x)`, `n.model(y)`; `n.feeds` holds
-    random inputs (bool inputs random, float inputs standard normal)."""
-
-    def __init__(self, opset: int = 17, seed: int = 0) -> None:
-        self.opset = opset
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.feeds: dict[str, np.ndarray] = {}
-        self.count = 0
-
-    def name(self, base: str) -> str:
-        self.count += 1
-        return f"{base}{self.count}"
-
-    def input(self, *shape: int, dtype: Any = np.float32, values: np.ndarray | None = None) -> str:
-        name = self.name("in")
-        self.inputs.append(oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape)))
-        if values is not None:
-            self.feeds[name] = np.asarray(values).astype(dtype)
-        elif np.dtype(dtype) == np.bool_:
-            self.feeds[name] = self.rng.random(shape) < 0.7
-        else:
-            self.feeds[name] = self.rng.standard_normal(shape).astype(dtype)
-        return name
-
-    def const(self, arr: Any, dtype: Any = np.float32) -> str:
-        name = self.name("c")
-        self.inits.append(nh.from_array(np.asarray(arr, dtype=dtype), name))
-        return name
-
-    def rand(self, *shape: int, scale: float = 1.0) -> str:
-        return self.const(self.rng.standard_normal(shape) * scale)
-
-    def op(self, op_type: str, *inputs: str, outputs: int = 1, domain: str = "", **attrs: Any) -> Any:
-        outs = [self.name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(oh.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
-        return outs[0] if outputs == 1 else outs
-
-    def mean(self, x: str, axes: Sequence[int]) -> str:
-        if self.opset >= 18:
-            return self.op("ReduceMean", x, self.const(list(axes), np.int64))
-        return self.op("ReduceMean", x, axes=list(axes))
-
-    def reshape(self, x: str, *shape: int) -> str:
-        return self.op("Reshape", x, self.const(list(shape), np.int64))
-
-    def model(self, *outputs: str) -> onnx.ModelProto:
-        """The model; outputs typed by ONNX shape inference."""
-        ir = 8 if self.opset < 21 else 10
-        g = oh.make_graph(self.nodes, "g", self.inputs, [], self.inits)
-        inferred = onnx.shape_inference.infer_shapes(oh.make_model(g, opset_imports=[oh.make_opsetid("", self.opset)],
-                                                                   ir_version=ir), strict_mode=True)
-        types = {vi.name: vi for vi in inferred.graph.value_info}
-        g.output.extend(types[o] for o in outputs)
-        return oh.make_model(g, opset_imports=[oh.make_opsetid("", self.opset)], ir_version=ir)
 
 
 def fuse(model: onnx.ModelProto, feeds: dict[str, np.ndarray], pipeline: str = FUSIONS) -> Graph:
