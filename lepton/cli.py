@@ -80,6 +80,10 @@ def compile_cmd(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="do not check the module against onnxruntime")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="build even if the compile cache has this build")] = False,
     bisect: Annotated[bool, typer.Option("--bisect", help="first check the graph after every pass against onnxruntime; stop at the first that breaks it")] = False,
+    quantize: Annotated[str | None, typer.Option("--quantize", help="quantize the weighted ops: int8 (static, calibrated; needs --calibration)")] = None,
+    calibration: Annotated[list[str] | None, typer.Option("--calibration", help="calibration batch: .npz of arrays by input name (repeatable)")] = None,
+    budget: Annotated[str | None, typer.Option("--budget", help="accuracy budget for --quantize, e.g. cos=0.99 or top1=0.99")] = None,
+    validation: Annotated[list[str] | None, typer.Option("--validation", help="held-out batch (.npz) to judge the budget and verify on (repeatable; default: the calibration data)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON report on stdout")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
     verbose: Verbose = False,
@@ -99,7 +103,8 @@ def compile_cmd(
 
                 result = run_compile(
                     model, target, input_shapes=shapes, passes=passes, output_dir=output,
-                    verify=not no_verify, use_cache=not no_cache, progress=progress,
+                    verify=not no_verify, use_cache=not no_cache, progress=progress, quantize=quantize,
+                    calibration=calibration or None, accuracy_budget=budget, validation=validation or None,
                 )
     except Exception as e:  # noqa: BLE001 - mapped to exit codes
         fail(e, as_json=as_json, verbose=verbose)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -38,10 +39,12 @@ from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
 from lepton.torch_export import export_torch
 from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
+from lepton.verify.policy import INT8
 from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name, np_dtype
-from passes import PassManager, PipelineResult
+from passes import PassContext, PassManager, PipelineResult
 from passes.base import parse_pipeline
+from passes.quantize.budget import Budget
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
@@ -86,6 +89,10 @@ def compile(  # noqa: A001 - the public name the issue asks for
     bundle: bool = True,
     example_inputs: Sequence[Any] | None = None,
     progress: Progress | None = None,
+    quantize: str | None = None,
+    calibration: InputsLike | None = None,
+    accuracy_budget: str | Budget | None = None,
+    validation: InputsLike | None = None,
 ) -> Compiled:
     """Compile `model` for `target` and return the result (see the module docstring for the steps).
 
@@ -97,6 +104,13 @@ def compile(  # noqa: A001 - the public name the issue asks for
     check outputs themselves (`lepton.backend`): the artifact's bundle then holds zeros and no outputs.
     With `verify_inputs` the module is built afresh, neither from nor into the compile cache, so that its
     bundle holds the first given sample.
+
+    `quantize="int8"` appends the `quantize` pass (static int8, QDQ) to the pipeline, calibrated on `calibration`
+    (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). `accuracy_budget`
+    (`"cos=0.99"`, `"top1=0.99"` or a `passes.quantize.budget.Budget`) returns the most sensitive layers to float
+    until it holds on `validation` (same forms; default: the calibration data). A quantized module is verified
+    against the float model under the int8 policy, on the first validation (else calibration) batches unless
+    `verify_inputs` is given, and is never cached (the calibration data is part of the build).
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -104,6 +118,12 @@ def compile(  # noqa: A001 - the public name the issue asks for
     say("importing the model")
     graph = import_model(model, example_inputs)
     reference = lepton_ir.to_onnx(graph)
+    plan = quantize_plan(graph, quantize, calibration, accuracy_budget, validation, say)
+    if plan is not None:
+        passes = f"{passes if passes is not None else tgt.pipeline},{plan.spec}"
+        use_cache = False
+        if verify_inputs is None:
+            verify_inputs = plan.verify_inputs
     samples = Samples(graph, verify_inputs, verify_samples)
     use_cache = use_cache and not samples.given  # a cached artifact's bundle would hold another compile's sample
     source_sha = hashlib.sha256(reference.SerializeToString(deterministic=True)).hexdigest()
@@ -119,7 +139,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     if input_shapes:
         pin_input_shapes(graph, input_shapes)
     say(f"optimizing for {tgt.name}")
-    log = optimize_for(graph, tgt, passes)
+    log = optimize_for(graph, tgt, passes, ctx=PassContext(target=tgt, data=plan.data if plan else {}))
     missing = unsupported_nodes(graph)
     if missing:
         raise UnsupportedOpsError(tgt.name, missing)
@@ -167,7 +187,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
             passes=_pass_log(log) + _codegen_log(codegen_notes, len(graph), provenance),
             verify_inputs=feeds,
             verify_expected=expected,
-            tolerance=choose_policy(t.dtype for t in sig.outputs),
+            tolerance=INT8 if _quantized(log) else choose_policy(t.dtype for t in sig.outputs),
             notes=notes,
         )
         final = str(cache.store(key, work)) if use_cache else _keep(work)
@@ -178,12 +198,59 @@ def compile(  # noqa: A001 - the public name the issue asks for
 
 
 def optimize_for(
-    graph: Graph, tgt: targets.Target, passes: str | None = None, instruments: Sequence[object] = ()
+    graph: Graph, tgt: targets.Target, passes: str | None = None, instruments: Sequence[object] = (),
+    ctx: PassContext | None = None,
 ) -> PipelineResult:
     """Run the target's pipeline (or `passes`), then the codegen lowering passes to a fixed point together with
     the pipeline's repeatable passes (`lepton.codegen.lowering.with_lowering`)."""
     pipeline = parse_pipeline(passes if passes is not None else tgt.pipeline)
-    return PassManager(with_lowering(pipeline), instruments=instruments).run(graph)
+    return PassManager(with_lowering(pipeline), instruments=instruments).run(graph, ctx or PassContext(target=tgt))
+
+
+@dataclass(frozen=True)
+class QuantizePlan:
+    """What `compile(quantize=...)` adds: the pass's pipeline text, its `ctx.data`, and the samples to verify on."""
+
+    spec: str
+    data: dict[str, Any]
+    verify_inputs: list[dict[str, np.ndarray]]
+
+
+VERIFY_BATCHES = 4
+"""A quantized module is verified on this many validation (else calibration) batches by default."""
+
+
+def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None, budget: str | Budget | None,
+                  validation: InputsLike | None, say: Progress) -> QuantizePlan | None:
+    """The quantize step of a compile, or None without `mode`; UserError for options that do not fit together."""
+    if mode is None:
+        if calibration is not None or budget is not None or validation is not None:
+            raise UserError("calibration data, an accuracy budget or validation data were given without quantize=; "
+                            "add quantize=\"int8\" (--quantize int8)")
+        return None
+    if mode != "int8":
+        raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated)")
+    if calibration is None:
+        raise UserError("quantize=\"int8\" needs calibration data: calibration= a dict of arrays by input name, an "
+                        ".npz path or an iterable of those (--calibration data.npz)")
+    data: dict[str, Any] = {"progress": say}
+    held_out = list(Samples(graph, validation).all()) if validation is not None else None
+    if budget is not None:
+        data["accuracy_budget"] = Budget.parse(budget) if isinstance(budget, str) else budget
+        if held_out is None:  # judged on the calibration data, which must then be read twice
+            held_out = list(Samples(graph, calibration).all())
+            calibration = held_out
+        data["validation"] = held_out
+    if held_out is None and not isinstance(calibration, Mapping | str | os.PathLike | Sequence):
+        raise UserError("give the calibration data as a dict, an .npz path or a list (a one-shot iterator cannot "
+                        "be read for calibration and again for verification), or pass validation=")
+    data["calibration"] = Samples(graph, calibration).all()
+    verify = held_out if held_out is not None else list(itertools.islice(Samples(graph, calibration).all(), VERIFY_BATCHES))
+    return QuantizePlan("quantize{mode=int8}", data, verify[:VERIFY_BATCHES])
+
+
+def _quantized(log: PipelineResult) -> bool:
+    return any(r.name == "quantize" and r.modified for r in log.records)
 
 
 def signature(graph: Graph) -> artifact.Signature:
@@ -251,7 +318,8 @@ def _pass_log(log: PipelineResult) -> list[dict[str, Any]]:
         {"pass": r.name, "stage": r.stage, "iteration": r.iteration, "modified": r.modified,
          "seconds": round(r.seconds, 6), "nodes_before": r.nodes_before, "nodes_after": r.nodes_after,
          "stats": dict(r.stats),
-         "rules": {k: {"tried": v.tried, "matched": v.matched, "seconds": round(v.seconds, 6)} for k, v in r.rules.items()}}
+         "rules": {k: {"tried": v.tried, "matched": v.matched, "seconds": round(v.seconds, 6)} for k, v in r.rules.items()},
+         **({"notes": list(r.notes)} if r.notes else {})}
         for r in log.records
     ]
 

@@ -92,6 +92,9 @@ def compile_summary(out: Console, result: Any) -> None:
         size = os.path.getsize(os.path.join(result.path, rel))
         files.add_row(rel, f"{size:,}", digest[:16])
     out.print(files)
+    for r in result.passes:
+        for note in r.get("notes", ()):
+            out.print(f"[cyan]{escape(r['pass'])}:[/] {escape(note)}", highlight=False)
     for note in m.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if result.verify_report is not None:

@@ -6,6 +6,7 @@ import passes.cleanup  # noqa: F401, E402 - registers the cleanup passes
 import passes.fusion  # noqa: F401, E402 - registers the fusion passes
 import passes.lowering  # noqa: F401, E402 - registers the lowering passes (expand-functions)
 import passes.layout  # noqa: F401, E402 - registers the layout pass (convert-layout)
+import passes.quantize  # noqa: F401, E402 - registers the quantization pass (quantize)
 
 __all__ = [
     "REGISTRY", "IRDump", "Pass", "PassContext", "PassError", "PassManager", "PassRecord", "PassResult",

@@ -37,11 +37,12 @@ class RuleStats:
 @dataclass(frozen=True)
 class PassResult:
     """What a pass did: `modified` exactly when the graph changed; `stats` counts by kind;
-    `rules` per-rule work for rule-based passes."""
+    `rules` per-rule work for rule-based passes; `notes` lines a user should read (what was left alone and why)."""
 
     modified: bool
     stats: Mapping[str, int] = field(default_factory=dict)
     rules: Mapping[str, RuleStats] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class PassRecord:
     stats: dict[str, int] = field(default_factory=dict)
     stage: int = 0
     rules: dict[str, RuleStats] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -172,7 +173,7 @@ class PassManager:
             raise self._error(p, done, e) from e
         record = PassRecord(
             p.name, iteration, result.modified, time.perf_counter() - start, before, len(graph), dict(result.stats),
-            stage, dict(result.rules),
+            stage, dict(result.rules), tuple(result.notes),
         )
         for inst in self.instruments:
             if hasattr(inst, "after_pass"):

@@ -6,7 +6,7 @@ numerical check. Graph optimizations are disabled so results are the kernels' ow
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import functools
 
@@ -72,3 +72,26 @@ def _since(op_type: str, opset: int) -> int:
         return int(onnx.defs.get_schema(op_type, opset, "").since_version)
     except onnx.defs.SchemaError:
         return -1
+
+
+def session(model: onnx.ModelProto, outputs: Sequence[str]) -> Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]:
+    """One onnxruntime session (CPU, 1 thread, optimizations off) of `model` returning `outputs`, which
+    may name any value of the main graph: those that are not graph outputs are added as outputs."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(ort_compatible(model))
+    listed = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs if n not in listed)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(exposed.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    names = list(outputs)
+
+    def run(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, sess.run(names, dict(feeds)), strict=True))
+
+    return run

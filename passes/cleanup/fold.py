@@ -5,7 +5,8 @@ Invariants:
 - Results are onnxruntime's own (CPU, graph optimizations off, see `passes.ort`): a folded
   value is bit-identical to what the unfolded graph computes, NaN/Inf payloads included.
   No arithmetic is re-implemented here.
-- Never folded: non-default domains, nodes with subgraphs, random ops, Dropout in training
+- Never folded: `DequantizeLinear` (a quantized weight stays int8 codes + scale: the QDQ form is
+  what quantized models carry and what integer codegen reads), non-default domains, nodes with subgraphs, random ops, Dropout in training
   mode, sequence/optional ops, outputs of unknown or non-numeric dtype (strings, bfloat16,
   float8, ...), values that another graph lists as its output (a subgraph naming an outer
   value), and dead nodes (left to `eliminate-dead-code`).
@@ -60,6 +61,7 @@ NOT_FOLDABLE = RANDOM_OPS | frozenset({
     "Constant", "SequenceConstruct", "SequenceEmpty", "SequenceInsert", "SequenceErase", "SequenceAt",
     "SequenceLength", "SplitToSequence", "ConcatFromSequence", "SequenceMap", "Optional",
     "OptionalGetElement", "OptionalHasElement",
+    "DequantizeLinear",
 })
 NUMERIC = frozenset({
     T.FLOAT, T.DOUBLE, T.FLOAT16, T.INT8, T.INT16, T.INT32, T.INT64, T.UINT8, T.UINT16, T.UINT32, T.UINT64, T.BOOL,

@@ -1,0 +1,156 @@
+"""Quantization sites and the QDQ rewrite of the `quantize` pass (`passes.quantize.static`).
+
+What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and the codegen both read):
+- Sites are the weighted ops: Conv, ConvTranspose, Gemm, MatMul and Lepton's fused Conv/Gemm +
+  activation ops (they stay fused). A site is left float when its name matches an `exclude` glob,
+  when its data input is not float32, or when the accuracy budget returns it (`passes.quantize.budget`).
+- Each float32 activation a site reads goes through one `QuantizeLinear -> DequantizeLinear` pair
+  (shared by all the sites reading it; other readers keep the float tensor), with parameters from
+  the calibrated range (`passes.quantize.params.activation_params`).
+- Each constant float32 weight becomes an int8 initializer read by a `DequantizeLinear`: symmetric,
+  per output channel (Conv axis 0, ConvTranspose axis 1 when group is 1, Gemm by transB, MatMul the
+  last axis) at opset >= 13, else per tensor. Biases stay float32.
+- Graph outputs are never quantized; nothing else changes. A graph with no site is left untouched
+  (`modified` false) and calibration does not run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from onnx import TensorProto as T
+
+from lepton_ir import Graph, Node, Value
+from lepton_ir.constants import constant_value
+from lepton_ir.functions import DOMAIN
+from lepton_ir.rewriter import Builder, Rewriter
+
+from passes.fusion.activation import FUSED_OPS
+from passes.quantize.params import ActivationType, QParams, activation_params, quantize_weight
+
+WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+@dataclass(frozen=True)
+class Site:
+    """One node to quantize: which of its inputs are activations, and its constant weight (input 1) if any."""
+
+    node: Node
+    activations: tuple[int, ...]
+    weight_axis: int | None | Literal["none"]  # "none": input 1 is not a constant weight
+
+
+def kind(node: Node) -> str | None:
+    """The weighted op `node` computes (its producer, for a fused op), or None."""
+    if not node.domain and node.op_type in WEIGHTED:
+        return node.op_type
+    if node.domain == DOMAIN and node.op_type in FUSED_OPS:
+        return FUSED_OPS[node.op_type][0]
+    return None
+
+
+def find_sites(graph: Graph, exclude: Iterable[str] = ()) -> tuple[list[Site], dict[str, str]]:
+    """The sites of the main graph in graph order, and the weighted nodes left float with the reason."""
+    patterns = tuple(exclude)
+    per_channel = graph.opset_imports.get("", 1) >= 13
+    sites: list[Site] = []
+    skipped: dict[str, str] = {}
+    for node in graph:
+        op = kind(node)
+        if op is None:
+            continue
+        if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+            skipped[node.name] = "excluded"
+            continue
+        x = node.inputs[0]
+        if x is None or x.dtype != T.FLOAT:
+            skipped[node.name] = "its input is not float32"
+            continue
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if w is None or w.dtype != T.FLOAT:
+            skipped[node.name] = "its second operand is not float32"
+            continue
+        weight = constant_value(graph, w)
+        if weight is None:
+            sites.append(Site(node, (0, 1), "none"))  # activation x activation (attention scores)
+            continue
+        sites.append(Site(node, (0,), _weight_axis(node, op, weight.ndim) if per_channel else None))
+    return sites, skipped
+
+
+def _weight_axis(node: Node, op: str, rank: int) -> int | None:
+    if op == "Conv":
+        return 0
+    if op == "ConvTranspose":
+        return 1 if int(node.attr("group", 1)) == 1 else None
+    if op == "Gemm":
+        return 0 if int(node.attr("transB", 0)) else 1
+    return rank - 1 if rank >= 1 else None  # MatMul: one scale per output column
+
+
+def activation_names(sites: Sequence[Site]) -> list[str]:
+    """The activation tensors `sites` read, each once, in first-use order."""
+    names: dict[str, None] = {}
+    for s in sites:
+        for i in s.activations:
+            v = s.node.inputs[i]
+            assert v is not None
+            names.setdefault(v.name, None)
+    return list(names)
+
+
+def apply(graph: Graph, sites: Sequence[Site], ranges: dict[str, tuple[float, float]],
+          activations: ActivationType) -> dict[str, int]:
+    """Rewrite `sites` into QDQ form with the calibrated `ranges` (by tensor name); counts by kind."""
+    rw = Rewriter()
+    b = Builder(graph, "quant")
+    dq: dict[int, Value] = {}  # float value id -> its dequantized copy
+    weights: dict[tuple[int, int | None], Value] = {}
+    stats = {"sites": 0, "activations": 0, "weights": 0, "per_channel_weights": 0}
+    for s in sites:
+        node = s.node
+        for i in s.activations:
+            v = node.inputs[i]
+            assert v is not None
+            if id(v) not in dq:
+                dq[id(v)] = _qdq(b, v, activation_params(*ranges[v.name], activations))
+                stats["activations"] += 1
+        if s.weight_axis != "none":
+            w = node.inputs[1]
+            assert w is not None
+            key = (id(w), s.weight_axis)
+            if key not in weights:
+                arr = constant_value(graph, w)
+                assert arr is not None
+                codes, p = quantize_weight(arr, s.weight_axis)
+                weights[key] = _dequantize(b, b.const(codes, "w"), p, w.shape)
+                stats["weights"] += 1
+                stats["per_channel_weights"] += int(s.weight_axis is not None)
+        new_nodes = list(b.nodes)
+        b.nodes.clear()
+        if new_nodes:
+            rw.insert_before(node, new_nodes)
+        for i in s.activations:
+            rw.set_input(node, i, dq[id(node.inputs[i])])
+        if s.weight_axis != "none":
+            rw.set_input(node, 1, weights[(id(node.inputs[1]), s.weight_axis)])
+        stats["sites"] += 1
+    return stats
+
+
+def _qdq(b: Builder, v: Value, p: QParams) -> Value:
+    scale, zp = b.const(p.scale, "scale"), b.const(p.zero_point, "zero_point")
+    q = b.QuantizeLinear(v, scale, zp, dtype=T.UINT8 if p.zero_point.dtype == np.uint8 else T.INT8, shape=v.shape)
+    return _dequantize(b, q, p, v.shape, scale, zp)
+
+
+def _dequantize(b: Builder, q: Value, p: QParams, shape: Any, scale: Value | None = None,
+                zp: Value | None = None) -> Value:
+    scale = scale or b.const(p.scale, "scale")
+    zp = zp or b.const(p.zero_point, "zero_point")
+    attrs = {"axis": p.axis} if p.axis is not None else {}
+    return b.op("DequantizeLinear", [q, scale, zp], attrs, dtype=T.FLOAT, shape=shape)

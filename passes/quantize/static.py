@@ -1,0 +1,74 @@
+"""`quantize`: static int8 quantization in QDQ form, calibrated on user data.
+
+The pass finds the sites (`passes.quantize.sites`), calibrates the activations they read
+(`passes.quantize.calibrate`), fits the accuracy budget when one is given (`passes.quantize.budget`),
+and rewrites the sites into QDQ form. Everything left float is listed in the pass's notes with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import lepton_ir
+from lepton_ir import Graph, UserError
+
+from passes.base import Pass, PassContext, PassResult, register
+from passes.quantize.budget import Budget, fit
+from passes.quantize.calibrate import CalibrationError, Method, calibrate
+from passes.quantize.params import ActivationType
+from passes.quantize.sites import activation_names, apply, find_sites
+
+
+@register
+@dataclass(frozen=True)
+class Quantize(Pass):
+    """Static int8 QDQ quantization of Conv/ConvTranspose/Gemm/MatMul (fused ones included).
+
+    Data in `ctx.data`: `calibration` (an iterable of feed dicts, one batch each; needed when there is
+    something to quantize), `accuracy_budget` (a `Budget` or its text, e.g. `cos=0.99`) with `validation`
+    (a sequence of feed dicts to judge it on), and `progress` (a callable taking a message)."""
+
+    name: ClassVar[str] = "quantize"
+    summary: ClassVar[str] = "static int8 quantization (QDQ) of Conv/Gemm/MatMul, calibrated on user data"
+    repeat: ClassVar[bool] = False
+
+    mode: Literal["int8"] = "int8"
+    activations: ActivationType = "uint8"
+    method: Method = "minmax"
+    percentile: float = 99.99
+    exclude: tuple[str, ...] = ()
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        opset = graph.opset_imports.get("", 1)
+        if opset < 10:
+            raise UserError(f"quantize needs opset >= 10 (QuantizeLinear); the model is at opset {opset}: "
+                            "convert it with onnx.version_converter first")
+        if not 50.0 < self.percentile <= 100.0:
+            raise UserError(f"quantize: percentile={self.percentile:g} must be in (50, 100]")
+        sites, skipped = find_sites(graph, self.exclude)
+        if not sites:
+            return PassResult(False, {"sites": 0, "left_float": len(skipped)}, notes=_notes(skipped))
+        data = ctx.data.get("calibration")
+        if data is None:
+            raise CalibrationError("quantize{mode=int8} needs calibration data: lepton.compile(..., calibration=...) "
+                                   "or `lepton compile --calibration data.npz` (a dict of arrays by input name per batch)")
+        progress = ctx.data.get("progress")
+        observers = calibrate(lepton_ir.to_onnx(graph), activation_names(sites), data,
+                              histogram=self.method != "minmax", progress=progress)
+        ranges = {n: o.range(self.method, self.percentile) for n, o in observers.items()}
+        notes: Sequence[str] = ()
+        budget = ctx.data.get("accuracy_budget")
+        if budget is not None:
+            budget = Budget.parse(budget) if isinstance(budget, str) else budget
+            sites, returned, notes = fit(graph, sites, ranges, self.activations, budget, ctx.data.get("validation") or (),
+                                         self.exclude, progress)
+            skipped.update(returned)
+        stats = apply(graph, sites, ranges, self.activations)
+        stats["left_float"] = len(skipped)
+        return PassResult(stats["sites"] > 0, stats, notes=(*notes, *_notes(skipped)))
+
+
+def _notes(skipped: dict[str, str]) -> tuple[str, ...]:
+    return tuple(f"{name} stays float: {why}" for name, why in skipped.items())
