@@ -111,12 +111,19 @@ def kl_threshold(counts: np.ndarray, radius: float, levels: int = 128) -> float:
     return best * width
 
 
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
+def _kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-4) -> float:
+    """KL(p || q) of two histograms, normalized, with `eps` of mass added to q's empty bins before q is
+    renormalized (smoothing: a threshold whose clipped tail lands in an empty bin is penalized, not impossible)."""
     p = p / p.sum()
-    q = q / q.sum() if q.sum() > 0 else q
-    mask = p > 0
-    if np.any(q[mask] == 0):
+    if q.sum() == 0:
         return np.inf
+    q = q / q.sum()
+    empty = q == 0
+    if empty.all():
+        return np.inf
+    q = q + eps * empty
+    q = q / q.sum()
+    mask = p > 0
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 

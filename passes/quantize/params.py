@@ -7,9 +7,10 @@ Rules (onnxruntime's QDQ conventions, so a graph Lepton quantizes means the same
   (`scale = max(|lo|, |hi|) / 127`, zero point 0).
 - Weights: int8 symmetric over [-127, 127] (the -128 code is left unused, so a u8 x i8 product
   pair cannot saturate a 16-bit dot-product lane), per output channel or per tensor.
-- A range of width 0 (an all-zero tensor or channel) gets scale 1: every value quantizes to the zero
-  point and dequantizes to exactly 0.
-Invariant: for x inside the range, `|x' - x| <= scale / 2`.
+- A range of width 0 (an all-zero tensor or channel), or one so narrow that its scale would not be a
+  normal float32 (|x| < ~1e-36), gets scale 1: every value quantizes to the zero point and dequantizes to 0.
+Invariant: for x inside the representable range `[(qmin - zp) * scale, (qmax - zp) * scale]`, which
+contains the given range up to half a step at each end, `|x' - x| <= scale / 2`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 ActivationType = Literal["uint8", "int8"]
+_TINY = float(np.finfo(np.float32).tiny) * 255  # below this a range's scale is not a normal float32
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ def activation_params(lo: float, hi: float, kind: ActivationType = "uint8") -> Q
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     if kind == "int8":
         bound = max(-lo, hi)
-        scale = bound / 127.0 if bound > 0 else 1.0
+        scale = bound / 127.0 if bound > _TINY else 1.0
         return QParams(np.array(scale, np.float32), np.array(0, np.int8))
-    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    scale = (hi - lo) / 255.0 if hi - lo > _TINY else 1.0
     scale32 = np.float32(scale)
     zp = int(np.clip(np.rint(-lo / float(scale32)), 0, 255))
     return QParams(np.array(scale32, np.float32), np.array(zp, np.uint8))
@@ -60,7 +62,7 @@ def weight_params(w: np.ndarray, axis: int | None) -> QParams:
     else:
         others = tuple(i for i in range(w.ndim) if i != axis)
         bound = a.max(axis=others) if a.size else np.zeros(w.shape[axis], np.float32)
-    scale = np.where(bound > 0, bound / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+    scale = np.where(bound > _TINY, bound / np.float32(127.0), np.float32(1.0)).astype(np.float32)
     # the float32 division can leave max|w| / scale a hair above 127: nudge such scales up one ulp
     over = bound / scale > 127.0
     scale = np.where(over, np.nextafter(scale, np.float32(np.inf)), scale).astype(np.float32)

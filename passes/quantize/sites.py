@@ -3,7 +3,9 @@
 What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and the codegen both read):
 - Sites are the weighted ops: Conv, ConvTranspose, Gemm, MatMul and Lepton's fused Conv/Gemm +
   activation ops (they stay fused). A site is left float when its name matches an `exclude` glob,
-  when its data input is not float32, or when the accuracy budget returns it (`passes.quantize.budget`).
+  when its operands are not float32, or when the accuracy budget returns it (`passes.quantize.budget`);
+  a node that already reads a DequantizeLinear (a model quantized before, by Lepton or onnxruntime)
+  is left as it is, so quantizing twice changes nothing.
 - Each float32 activation a site reads goes through one `QuantizeLinear -> DequantizeLinear` pair
   (shared by all the sites reading it; other readers keep the float tensor), with parameters from
   the calibrated range (`passes.quantize.params.activation_params`).
@@ -65,6 +67,10 @@ def find_sites(graph: Graph, exclude: Iterable[str] = ()) -> tuple[list[Site], d
             continue
         if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
             skipped[node.name] = "excluded"
+            continue
+        if any(v is not None and v.producer is not None and v.producer.op_type == "DequantizeLinear"
+               and not v.producer.domain for v in node.inputs[:2]):
+            skipped[node.name] = "already quantized (it reads a DequantizeLinear)"
             continue
         x = node.inputs[0]
         if x is None or x.dtype != T.FLOAT:
