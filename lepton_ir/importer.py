@@ -41,6 +41,7 @@ def load(source: ModelSource, *, base_dir: str | None = None) -> Graph:
     """
     model, base_dir = _parse(source, base_dir)
     _check_text(model, "model")
+    _drop_unused_domains(model)
     _check_versions(model)
     _check_value_types(model.graph)
     _anonymous_dims_unknown(model)
@@ -154,6 +155,18 @@ def _text_fields(descriptor: object) -> tuple[list[tuple[str, bool]], list[tuple
 
 
 _TEXT_FIELDS: dict[str, tuple[list[tuple[str, bool]], list[tuple[str, bool]]]] = {}
+
+
+def _drop_unused_domains(model: onnx.ModelProto) -> None:
+    """Forget opset imports of domains Lepton does not know that no node uses: onnxruntime's quantization
+    tools, for one, import `ai.onnx.training` into every model they write without using it."""
+    used = {n.domain for n in all_node_protos(model.graph)}
+    used |= {n.domain for f in model.functions for n in f.node} | {f.domain for f in model.functions}
+    keep = [i for i in model.opset_import
+            if ("" if i.domain == "ai.onnx" else i.domain) in KNOWN_DOMAINS or i.domain in used]
+    if len(keep) < len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
 
 
 def _check_versions(model: onnx.ModelProto) -> None:

@@ -336,7 +336,15 @@ def test_opset_newer_than_supported(env: Env) -> None:
 
 
 def test_unknown_domain(env: Env) -> None:
-    env.expect(relu_model(opsets=[("", 17), ("com.evil", 1)]), UnsupportedModelError, "'com.evil'")
+    nodes = [oh.make_node("Relu", ["x"], ["r"], name="relu"), oh.make_node("Thing", ["r"], ["y"], name="t", domain="com.evil")]
+    used = mk_model(nodes, [vi("x", [2])], [vi("y", [2])], opsets=[("", 17), ("com.evil", 1)])
+    env.expect(used, UnsupportedModelError, "'com.evil'")
+
+
+def test_an_unknown_domain_no_node_uses_is_dropped() -> None:
+    # onnxruntime's quantization tools import ai.onnx.training into every model they write, unused
+    g = lepton_ir.load(relu_model(opsets=[("", 17), ("ai.onnx.training", 1)]))
+    assert g.opset_imports == {"": 17}
 
 
 def test_node_in_a_domain_the_model_does_not_import(env: Env) -> None:
