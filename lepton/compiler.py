@@ -44,6 +44,7 @@ from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name, np_dtype
 from passes import PassContext, PassManager, PipelineResult
 from passes.base import parse_pipeline
+from passes.lowering.quantized import is_quantized
 from passes.quantize.budget import Budget
 
 Progress = Callable[[str], None]
@@ -118,6 +119,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
     say("importing the model")
     graph = import_model(model, example_inputs)
     reference = lepton_ir.to_onnx(graph)
+    prequantized = is_quantized(graph)  # quantized before (QDQ or QOperator): judged by the int8 policy
     plan = quantize_plan(graph, quantize, calibration, accuracy_budget, validation, say)
     if plan is not None:
         passes = f"{passes if passes is not None else tgt.pipeline},{plan.spec}"
@@ -187,7 +189,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
             passes=_pass_log(log) + _codegen_log(codegen_notes, len(graph), provenance),
             verify_inputs=feeds,
             verify_expected=expected,
-            tolerance=INT8 if _quantized(log) else choose_policy(t.dtype for t in sig.outputs),
+            tolerance=INT8 if prequantized or _quantized(log) else choose_policy(t.dtype for t in sig.outputs),
             notes=notes,
         )
         final = str(cache.store(key, work)) if use_cache else _keep(work)

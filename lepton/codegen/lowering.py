@@ -25,6 +25,7 @@ from passes.lowering.expand import ExpandFunctions
 from passes.lowering.misconverted import ExpandMisconverted
 from passes.lowering.ops import LowerOps
 from passes.lowering.preview import ExpandPreview
+from passes.lowering.quantized import LowerQuantizedOps
 from passes.lowering.recurrent import LowerRecurrent
 from passes.lowering.unroll import UnrollScan
 
@@ -39,6 +40,7 @@ def lowering_passes() -> list[Pass]:
         ExpandFunctions(keep=CONVERTED_OPS),
         ExpandMisconverted(),
         LowerOps(),
+        LowerQuantizedOps(),
         LowerRecurrent(),
         CanonicalizeDynamicShapes(),
         UnrollScan(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lepton_ir import Node
 
-from passes.lowering import dynamic_shapes, empty_inputs, expand, misconverted, ops, preview, recurrent, unroll
+from passes.lowering import dynamic_shapes, empty_inputs, expand, misconverted, ops, preview, quantized, recurrent, unroll
 
 
 def unlowered_reason(node: Node) -> str | None:
@@ -16,4 +16,5 @@ def unlowered_reason(node: Node) -> str | None:
     return recurrent.reason(node)
 
 
-__all__ = ["dynamic_shapes", "empty_inputs", "expand", "misconverted", "ops", "preview", "recurrent", "unlowered_reason", "unroll"]
+__all__ = ["dynamic_shapes", "empty_inputs", "expand", "misconverted", "ops", "preview", "quantized", "recurrent", "unlowered_reason",
+           "unroll"]
