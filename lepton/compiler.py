@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import itertools
 import os
 import shutil
 import tempfile
@@ -39,7 +38,7 @@ from lepton.input_shapes import InputShapes, pin_input_shapes, symbolic_inputs
 from lepton.module import CompiledModule
 from lepton.torch_export import export_torch
 from lepton.verify import InputsLike, Reference, Samples, VerifyReport, choose_policy, live_cases
-from lepton.verify.policy import INT8
+from lepton.verify.policy import INT8, policy_metric
 from lepton_ir import Graph, UserError
 from lepton_ir.types import dtype_name, np_dtype
 from passes import PassContext, PassManager, PipelineResult
@@ -107,11 +106,12 @@ def compile(  # noqa: A001 - the public name the issue asks for
     bundle holds the first given sample.
 
     `quantize="int8"` appends the `quantize` pass (static int8, QDQ) to the pipeline, calibrated on `calibration`
-    (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). `accuracy_budget`
-    (`"cos=0.99"`, `"top1=0.99"` or a `passes.quantize.budget.Budget`) returns the most sensitive layers to float
-    until it holds on `validation` (same forms; default: the calibration data). A quantized module is verified
-    against the float model under the int8 policy, on the first validation (else calibration) batches unless
-    `verify_inputs` is given, and is never cached (the calibration data is part of the build).
+    (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). The most sensitive
+    layers return to float until the int8 verification policy holds on `validation` (same forms; default: the
+    calibration data), and `accuracy_budget` (`"cos=0.995"`, `"top1=0.99"`, both joined by a comma, or a
+    `passes.quantize.budget.Budget`) as well. A quantized module is verified against the float model under the
+    int8 policy on the first validation batches unless `verify_inputs` is given, and is never cached (the
+    calibration data is part of the build).
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -219,7 +219,8 @@ class QuantizePlan:
 
 
 VERIFY_BATCHES = 4
-"""A quantized module is verified on this many validation (else calibration) batches by default."""
+"""A quantized module is verified on this many validation (else calibration) batches by default. The budget
+reads all of them, so they are held in memory."""
 
 
 def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None, budget: str | Budget | None,
@@ -235,20 +236,15 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
     if calibration is None:
         raise UserError("quantize=\"int8\" needs calibration data: calibration= a dict of arrays by input name, an "
                         ".npz path or an iterable of those (--calibration data.npz)")
-    data: dict[str, Any] = {"progress": say}
-    held_out = list(Samples(graph, validation).all()) if validation is not None else None
-    if budget is not None:
-        data["accuracy_budget"] = Budget.parse(budget) if isinstance(budget, str) else budget
-        if held_out is None:  # judged on the calibration data, which must then be read twice
-            held_out = list(Samples(graph, calibration).all())
-            calibration = held_out
-        data["validation"] = held_out
-    if held_out is None and not isinstance(calibration, Mapping | str | os.PathLike | Sequence):
+    if validation is None and not isinstance(calibration, Mapping | str | os.PathLike | Sequence):
         raise UserError("give the calibration data as a dict, an .npz path or a list (a one-shot iterator cannot "
-                        "be read for calibration and again for verification), or pass validation=")
-    data["calibration"] = Samples(graph, calibration).all()
-    verify = held_out if held_out is not None else list(itertools.islice(Samples(graph, calibration).all(), VERIFY_BATCHES))
-    return QuantizePlan("quantize{mode=int8}", data, verify[:VERIFY_BATCHES])
+                        "be read for calibration and again for the accuracy budget), or pass validation=")
+    held_out = list(Samples(graph, validation if validation is not None else calibration).all())
+    policy_budget = Budget(((policy_metric(INT8), 1.0),))  # what verification will judge, on the held-out data
+    user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
+    data = {"progress": say, "calibration": Samples(graph, calibration).all(), "validation": held_out,
+            "accuracy_budget": policy_budget if user_budget is None else user_budget & policy_budget}
+    return QuantizePlan("quantize{mode=int8}", data, held_out[:VERIFY_BATCHES])
 
 
 def _quantized(log: PipelineResult) -> bool:

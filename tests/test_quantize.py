@@ -299,8 +299,8 @@ def test_the_pass_runs_once_after_the_cleanup_stage_and_records_notes():
 # ----- the accuracy budget --------------------------------------------------------------
 
 def test_budget_text_parses_and_rejects_nonsense():
-    assert Budget.parse("cos=0.995") == Budget("cosine", 0.995)
-    assert Budget.parse("top1 = 0.9") == Budget("top1", 0.9)
+    assert Budget.parse("cos=0.995") == Budget((("cosine", 0.995),))
+    assert Budget.parse("top1 = 0.9,cosine=0.99") == Budget((("top1", 0.9), ("cosine", 0.99)))
     for bad in ("cos", "psnr=30", "cos=1.5"):
         with pytest.raises(UserError):
             Budget.parse(bad)
@@ -321,6 +321,14 @@ def test_a_budget_that_holds_returns_nothing_to_float():
     assert result.stats["left_float"] == 0 and "holds with all 3" in result.notes[0]
 
 
+def test_a_budget_scores_its_tightest_term():
+    a = {"y": np.array([[1.0, 2.0], [3.0, 1.0]], np.float32)}
+    b = {"y": np.array([[2.0, 1.0], [3.0, 1.1]], np.float32)}
+    both = Budget.parse("cos=0.5,top1=1.0")
+    assert both.score([a], [b]) == pytest.approx(0.5)  # top-1 agreement 0.5 of the 1.0 asked
+    assert both.describe() == "cosine >= 0.5, top1 >= 1"
+
+
 def test_a_tight_budget_returns_the_most_sensitive_layer_first():
     model, batches = cnn()
     # a metric that only the float `conv2` satisfies: the budget must find that one layer
@@ -335,7 +343,7 @@ def test_a_tight_budget_returns_the_most_sensitive_layer_first():
 
     g = lepton_ir.load(model)
     result = Quantize().run(g, PassContext(data={"calibration": batches, "validation": batches,
-                                                 "accuracy_budget": Budget(same_as_conv2_float, 1.0)}))
+                                                 "accuracy_budget": Budget(((same_as_conv2_float, 1.0),))}))
     assert result.stats["sites"] == 2 and result.stats["left_float"] == 1
     assert any(note.startswith("conv2 stays float: returned to float by the accuracy budget") for note in result.notes)
 

@@ -400,3 +400,18 @@ def test_lepton_verify_is_callable_and_a_package() -> None:
     assert callable(lepton.verify) and lepton.verify.VerifyReport is VerifyReport
     with pytest.raises(lepton_ir.UserError, match="takes a lepton.Compiled or a loaded module"):
         lepton.verify(DEMO, object())
+
+
+def test_policy_metric_is_at_least_one_exactly_when_the_int8_policy_passes() -> None:
+    from lepton.verify.metrics import measure
+    from lepton.verify.policy import INT8, policy_metric
+
+    rng = np.random.default_rng(0)
+    ref = [{"logits": rng.standard_normal((64, 10)).astype(np.float32)} for _ in range(3)]
+    metric = policy_metric(INT8)
+    for noise in (0.001, 0.05, 0.3, 1.0):
+        got = [{"logits": (r["logits"] + noise * rng.standard_normal((64, 10))).astype(np.float32)} for r in ref]
+        merged = measure(got[0]["logits"], ref[0]["logits"], rtol=INT8.rtol, atol=INT8.atol)
+        for k in (1, 2):
+            merged = merged.merge(measure(got[k]["logits"], ref[k]["logits"], rtol=INT8.rtol, atol=INT8.atol, sample=k))
+        assert (metric(ref, got) >= 1.0) == (not INT8.judge(merged, exact=False)), noise

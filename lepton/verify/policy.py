@@ -14,11 +14,13 @@ Floating outputs are then judged either
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lepton.verify.metrics import Metrics
+import numpy as np
+
+from lepton.verify.metrics import Metrics, measure
 from lepton_ir import UserError
 
 FP32_RTOL = 1e-4
@@ -80,6 +82,17 @@ class Policy:
             failures.append(f"top-1 agreement {top1:.4f} < {self.min_top1:g} ({m.top1_agree} of {m.top1_rows} rows)")
         return tuple(failures)
 
+    def margin(self, m: Metrics, exact: bool) -> float:
+        """How far an output with metrics `m` is inside this policy, as `judge` decides: for a budget policy the
+        smallest achieved/required ratio of cosine and top-1 (>= 1 passes); otherwise 1.0 when it passes, 0.0 not."""
+        if exact or self.elementwise or m.nonfinite_mismatches:
+            return 0.0 if self.judge(m, exact) else 1.0
+        assert self.min_cosine is not None
+        ratio = m.cosine / self.min_cosine
+        if self.min_top1 is not None and m.top1 is not None:
+            ratio = min(ratio, m.top1 / self.min_top1)
+        return ratio
+
     def to_json(self) -> dict[str, Any]:
         """The manifest's `tolerance` entry: `rtol`, `atol` (read by older Lepton), `policy`, and the budget if any."""
         data: dict[str, Any] = {"policy": self.name, "rtol": self.rtol, "atol": self.atol}
@@ -108,6 +121,25 @@ _HALF = {"float16", "bfloat16"}
 def choose_policy(output_dtypes: Iterable[str]) -> Policy:
     """`fp16` when any output is float16/bfloat16, else `fp32`. int8 and pruned are never guessed."""
     return FP16 if any(d in _HALF for d in output_dtypes) else FP32
+
+
+def policy_metric(policy: Policy) -> Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]], float]:
+    """`policy` as an accuracy-budget metric over samples (reference outputs, candidate outputs): the smallest
+    `margin` of any output, its metrics merged over the samples as verification merges them."""
+
+    def metric(reference: Sequence[Mapping[str, np.ndarray]], outputs: Sequence[Mapping[str, np.ndarray]]) -> float:
+        worst = float("inf")
+        for name in reference[0] if reference else ():
+            merged: Metrics | None = None
+            for k, (ref, got) in enumerate(zip(reference, outputs, strict=True)):
+                m = measure(got[name], ref[name], rtol=policy.rtol, atol=policy.atol, sample=k)
+                merged = m if merged is None else merged.merge(m)
+            assert merged is not None
+            worst = min(worst, policy.margin(merged, reference[0][name].dtype.kind in "biu"))
+        return worst if worst != float("inf") else 1.0
+
+    metric.__name__ = f"{policy.name}-policy"
+    return metric
 
 
 def resolve_policy(policy: Policy | str) -> Policy:

@@ -6,7 +6,9 @@ float (per-layer sensitivity), then returns sites to float in that order, one at
 holds (Intel Neural Compressor's single-op fallback ranked by impact, then accumulated). With every
 site float the graph is the float graph, so the loop always ends.
 
-Metrics (higher is better, in [0, 1] for the built-in ones):
+A budget is one or more `(metric, minimum)` terms; its score is the smallest `value / minimum`, so it
+holds at a score of 1 or more and sites are ranked by the score they reach. Metrics (higher is better,
+in [0, 1] for the built-in ones):
 - `cosine`: the smallest cosine similarity of any float output of any validation feed (flattened);
 - `top1`: the fraction of rows of classifier-shaped outputs (rank >= 2, last axis > 1) whose argmax agrees;
 - a callable `(reference outputs, quantized outputs) -> float`, each a list (one per feed) of dicts.
@@ -33,32 +35,47 @@ Metric = Callable[[Outputs, Outputs], float]
 
 @dataclass(frozen=True)
 class Budget:
-    """Keep `metric` (a name in `METRICS` or a callable) at or above `minimum`."""
+    """Keep every `(metric, minimum)` of `terms` at or above its minimum; a metric is a name in `METRICS` or
+    a callable. `score` is the smallest `value / minimum`: the budget holds when it is >= 1."""
 
-    metric: str | Metric
-    minimum: float
+    terms: tuple[tuple[str | Metric, float], ...]
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """`cos=0.99`, `cosine=0.995` or `top1=0.98`."""
-        m = re.fullmatch(r"\s*(cos|cosine|top1|top-1)\s*=\s*([0-9.eE+-]+)\s*", text)
-        if not m:
-            raise UserError(f"cannot read the accuracy budget {text!r}; write cos=0.99 or top1=0.99")
-        value = float(m.group(2))
-        if not 0.0 < value <= 1.0:
-            raise UserError(f"the accuracy budget {text!r} must be in (0, 1]")
-        return cls("cosine" if m.group(1).startswith("cos") else "top1", value)
+        """`cos=0.99`, `cosine=0.995`, `top1=0.98`, or several joined by commas."""
+        terms = []
+        for part in text.split(","):
+            m = re.fullmatch(r"\s*(cos|cosine|top1|top-1)\s*=\s*([0-9.eE+-]+)\s*", part)
+            if not m:
+                raise UserError(f"cannot read the accuracy budget {text!r}; write cos=0.99, top1=0.99 or both: cos=0.99,top1=0.98")
+            value = float(m.group(2))
+            if not 0.0 < value <= 1.0:
+                raise UserError(f"the accuracy budget {text!r}: {part.strip()} must be in (0, 1]")
+            terms.append(("cosine" if m.group(1).startswith("cos") else "top1", value))
+        return cls(tuple(terms))
+
+    def __and__(self, other: Budget) -> Budget:
+        return Budget(self.terms + other.terms)
 
     def describe(self) -> str:
-        name = self.metric if isinstance(self.metric, str) else getattr(self.metric, "__name__", "metric")
-        return f"{name} >= {self.minimum:g}"
+        return ", ".join(f"{_name(metric)} >= {minimum:g}" for metric, minimum in self.terms)
+
+    def values(self, reference: Outputs, quantized: Outputs) -> list[float]:
+        """Each term's metric value, in `terms` order."""
+        out = []
+        for metric, _ in self.terms:
+            if isinstance(metric, str) and metric not in METRICS:
+                raise UserError(f"unknown accuracy metric {metric!r}; use one of {', '.join(METRICS)} or a callable")
+            fn = METRICS[metric] if isinstance(metric, str) else metric
+            out.append(float(fn(reference, quantized)))
+        return out
 
     def score(self, reference: Outputs, quantized: Outputs) -> float:
-        if callable(self.metric):
-            return float(self.metric(reference, quantized))
-        if self.metric not in METRICS:
-            raise UserError(f"unknown accuracy metric {self.metric!r}; use one of {', '.join(METRICS)} or a callable")
-        return METRICS[self.metric](reference, quantized)
+        return min(v / minimum for v, (_, minimum) in zip(self.values(reference, quantized), self.terms, strict=True))
+
+
+def _name(metric: str | Metric) -> str:
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "metric")
 
 
 def cosine(reference: Outputs, quantized: Outputs) -> float:
@@ -114,9 +131,9 @@ def fit(
         return budget.score(reference, _outputs(lepton_ir.to_onnx(copy), validation))
 
     full = trial(frozenset())
-    if full >= budget.minimum:
+    if full >= 1.0:
         return list(sites), {}, [f"accuracy budget {budget.describe()} holds with all {len(sites)} layer(s) "
-                                 f"quantized: {full:.6f}"]
+                                 f"quantized (score {full:.4f}, 1 = at the budget)"]
     alone = {}
     for k in range(len(sites)):
         say(f"accuracy budget: sensitivity of layer {k + 1}/{len(sites)}")
@@ -128,12 +145,12 @@ def fit(
         returned.append(k)
         say(f"accuracy budget: {len(returned)} layer(s) back to float")
         reached = trial(frozenset(returned))
-        if reached >= budget.minimum:
+        if reached >= 1.0:
             break
-    why = {names[k]: f"returned to float by the accuracy budget (alone it raised {budget.describe().split()[0]} "
-                     f"from {full:.6f} to {alone[k]:.6f})" for k in returned}
-    notes = [f"accuracy budget {budget.describe()}: {full:.6f} with every layer quantized, {reached:.6f} with "
-             f"{len(returned)} of {len(sites)} back to float"]
+    why = {names[k]: f"returned to float by the accuracy budget (alone it raised the score from {full:.4f} to "
+                     f"{alone[k]:.4f})" for k in returned}
+    notes = [f"accuracy budget {budget.describe()}: score {full:.4f} with every layer quantized, {reached:.4f} with "
+             f"{len(returned)} of {len(sites)} back to float (1 = at the budget)"]
     kept = [s for k, s in enumerate(sites) if k not in set(returned)]
     return kept, why, notes
 

@@ -1,0 +1,218 @@
+"""Static int8 quantization: accuracy, output similarity, size and latency, Lepton vs onnxruntime, one run.
+
+    python -m bench.quantize [--models resnet18,bert_small] [--repeat 5] [--inner 10]
+
+1. Digits CNN (`bench/models/digits_cnn.onnx`, trained): top-1 accuracy on all 450 held-out images
+   (`bench/digits_split.py`) for the float model, Lepton int8 (the compiled TVM module; calibration
+   methods minmax, percentile, entropy; and minmax with the accuracy budget `top1=0.999` judged on 347
+   training images not used for calibration), onnxruntime `quantize_static` (QDQ, per channel, the
+   same 512 calibration images, its MinMax/Percentile/Entropy methods) and `quantize_dynamic`.
+2. Exported architectures with random weights (`bench/models.py`): cosine similarity to the float
+   model's outputs on 4 synthesized samples after calibrating on 8 others, Lepton vs onnxruntime's
+   `quantize_static` (QDQ, per channel, MinMax) on the same data; artifact sizes; batch-1 latency of
+   Lepton fp32, Lepton int8, onnxruntime fp32 and onnxruntime on its int8 QDQ graph, tools alternating
+   block by block (`bench.latency.time_blocks`), medians over rounds.
+
+Writes bench/results/quantize.json and quantize.png and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from bench import models as bench_models
+from bench.digits_split import load
+from bench.latency import RESULTS, ort_runner, time_blocks
+
+DIGITS = os.path.join(os.path.dirname(__file__), "models", "digits_cnn.onnx")
+Feeds = dict[str, np.ndarray]
+
+
+def cpu_name() -> str:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def ort_quantized(path: str, calib: Sequence[Feeds], out: str, method: str = "MinMax") -> str:
+    """onnxruntime's quantize_static (QDQ, per-channel int8 weights, uint8 activations) of `path`."""
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(calib)
+
+        def get_next(self) -> Feeds | None:
+            return next(self.items, None)
+
+    quantize_static(path, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    calibrate_method=getattr(CalibrationMethod, method))
+    return out
+
+
+def cosine(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> float:
+    """The worst cosine similarity over the float outputs."""
+    worst = 1.0
+    for k, e in a.items():
+        if e.dtype.kind == "f":
+            x, y = e.astype(np.float64).ravel(), b[k].astype(np.float64).ravel()
+            worst = min(worst, float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y) + 1e-30)))
+    return worst
+
+
+def digits(work: str) -> list[dict[str, Any]]:
+    import lepton
+    from onnxruntime.quantization import quantize_dynamic
+
+    d = load()
+    calib = [{"image": d["train_images"][i : i + 64]} for i in range(0, 512, 64)]
+    val = [{"image": d["train_images"][1000:]}]
+    test, labels = {"image": d["test_images"]}, d["test_labels"]
+    rows = []
+
+    def acc(logits: np.ndarray) -> float:
+        return round(100.0 * float((logits.argmax(1) == labels).mean()), 2)
+
+    fp32 = acc(ort_runner(onnx.load(DIGITS), 1)(test)["logits"])
+    rows.append({"model": "digits_cnn", "tool": "float32 (onnxruntime)", "accuracy": fp32, "left_float": 0})
+    for method in ("minmax", "percentile", "entropy"):
+        c = lepton.compile(DIGITS, "x86", quantize="int8", calibration=calib, use_cache=False,
+                           passes=_with_method(method))
+        rows.append({"model": "digits_cnn", "tool": f"lepton int8 {method}", "accuracy": acc(c.run(test)["logits"]),
+                     "left_float": _left_float(c.passes)})
+    c = lepton.compile(DIGITS, "x86", quantize="int8", calibration=calib, accuracy_budget="top1=0.999", validation=val,
+                       use_cache=False)
+    rows.append({"model": "digits_cnn", "tool": "lepton int8 minmax + budget top1>=0.999",
+                 "accuracy": acc(c.run(test)["logits"]), "left_float": _left_float(c.passes)})
+    for method in ("MinMax", "Percentile", "Entropy"):
+        path = ort_quantized(DIGITS, calib, os.path.join(work, f"digits_{method}.onnx"), method)
+        rows.append({"model": "digits_cnn", "tool": f"onnxruntime quantize_static {method}",
+                     "accuracy": acc(ort_runner(onnx.load(path), 1)(test)["logits"]), "left_float": 0})
+    dyn = os.path.join(work, "digits_dynamic.onnx")
+    quantize_dynamic(DIGITS, dyn)
+    rows.append({"model": "digits_cnn", "tool": "onnxruntime quantize_dynamic",
+                 "accuracy": acc(ort_runner(onnx.load(dyn), 1)(test)["logits"]), "left_float": 0})
+    return rows
+
+
+def _with_method(method: str) -> str:
+    import targets
+
+    return f"{targets.resolve('x86').pipeline},quantize{{method={method}}}"
+
+
+def _left_float(passes: Sequence[Mapping[str, Any]]) -> int:
+    return sum(int(p["stats"].get("left_float", 0)) for p in passes if p["pass"] == "quantize")
+
+
+def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any]:
+    import lepton
+
+    model = getattr(bench_models, name)()
+    path = os.path.join(work, f"{name}.onnx")
+    onnx.save(model, path)
+    calib = [bench_models.synth_inputs(model, seed=s) for s in range(8)]
+    held = [bench_models.synth_inputs(model, seed=100 + s) for s in range(4)]
+    t0 = time.perf_counter()
+    fp32 = lepton.compile(path, "x86", use_cache=False, output_dir=os.path.join(work, f"{name}_fp32"))
+    t1 = time.perf_counter()
+    int8 = lepton.compile(path, "x86", quantize="int8", calibration=calib, validation=held,
+                          output_dir=os.path.join(work, f"{name}_int8"))
+    t2 = time.perf_counter()
+    ort_q = onnx.load(ort_quantized(path, calib, os.path.join(work, f"{name}_ort_qdq.onnx")))
+    ref, ort_fp32, ort_int8 = ort_runner(model, 1), ort_runner(model, os.cpu_count() or 1), ort_runner(ort_q, os.cpu_count() or 1)
+    refs = [ref(f) for f in held]
+    cos = {"lepton int8": min(cosine(r, int8.run(f)) for r, f in zip(refs, held, strict=True)),
+           "onnxruntime int8": min(cosine(r, ort_int8(f)) for r, f in zip(refs, held, strict=True))}
+    feeds = held[0]
+    runners = {"lepton fp32": lambda: fp32.run(feeds), "lepton int8": lambda: int8.run(feeds),
+               "onnxruntime fp32": lambda: ort_fp32(feeds), "onnxruntime int8": lambda: ort_int8(feeds)}
+    rounds = time_blocks(runners, repeat, dict.fromkeys(runners, inner))
+    ms = {k: statistics.median(v) for k, v in rounds.items()}
+
+    def size(folder: str) -> int:
+        return sum(os.path.getsize(os.path.join(folder, f)) for f in ("model.so", "model.opt.onnx"))
+
+    return {
+        "model": name, "cosine": cos, "ms": ms,
+        "sites": next(p["stats"]["sites"] for p in int8.passes if p["pass"] == "quantize"),
+        "compile_s": {"fp32": round(t1 - t0, 1), "int8": round(t2 - t1, 1)},
+        "bytes": {"lepton fp32 so": os.path.getsize(os.path.join(fp32.path, "model.so")),
+                  "lepton int8 so": os.path.getsize(os.path.join(int8.path, "model.so")),
+                  "lepton int8 opt.onnx": os.path.getsize(os.path.join(int8.path, "model.opt.onnx")),
+                  "fp32 onnx": os.path.getsize(path), "onnxruntime int8 onnx": len(ort_q.SerializeToString()),
+                  "lepton fp32 total": size(fp32.path), "lepton int8 total": size(int8.path)},
+    }
+
+
+def tables(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[str, Any]]) -> str:
+    out = ["| digits CNN, 450 held-out images | top-1 % | layers left float |", "|---|---|---|"]
+    out += [f"| {r['tool']} | {r['accuracy']:.2f} | {r['left_float']} |" for r in digit_rows]
+    out += ["", "| model | sites | cosine Lepton int8 | cosine ORT int8 | Lepton fp32 ms | Lepton int8 ms | ORT fp32 ms | "
+            "ORT int8 ms | .so fp32 / int8 MB | ORT int8 .onnx / fp32 .onnx |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in arch_rows:
+        ms, b = r["ms"], r["bytes"]
+        out.append(f"| {r['model']} | {r['sites']} | {r['cosine']['lepton int8']:.4f} | {r['cosine']['onnxruntime int8']:.4f} "
+                   f"| {ms['lepton fp32']:.2f} | {ms['lepton int8']:.2f} | {ms['onnxruntime fp32']:.2f} | "
+                   f"{ms['onnxruntime int8']:.2f} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} | "
+                   f"{b['onnxruntime int8 onnx'] / b['fp32 onnx']:.2f} |")
+    return "\n".join(out)
+
+
+def plot(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    names = [r["tool"].replace("onnxruntime ", "ORT ").replace("quantize_", "q_") for r in digit_rows]
+    left.barh(names, [r["accuracy"] for r in digit_rows], color=["gray"] + ["tab:blue"] * 4 + ["tab:orange"] * 4)
+    left.set_xlim(min(r["accuracy"] for r in digit_rows) - 1.0, 100)
+    left.set_xlabel("top-1 % on 450 held-out digits")
+    left.invert_yaxis()
+    tools = ["lepton fp32", "lepton int8", "onnxruntime fp32", "onnxruntime int8"]
+    width = 0.8 / len(tools)
+    for i, tool in enumerate(tools):
+        right.bar([x + i * width for x in range(len(arch_rows))], [r["ms"][tool] for r in arch_rows], width, label=tool)
+    right.set_xticks([x + 1.5 * width for x in range(len(arch_rows))], [r["model"] for r in arch_rows])
+    right.set_ylabel("batch-1 ms (lower is better)")
+    right.legend(fontsize=8)
+    fig.suptitle(f"static int8: accuracy and latency ({cpu_name()})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet18,bert_small")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--inner", type=int, default=10)
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="lepton-bench-quantize-") as work:
+        digit_rows = digits(work)
+        arch_rows = [architecture(m, work, args.repeat, args.inner) for m in args.models.split(",") if m]
+    result = {"command": "python -m bench.quantize " + " ".join(argv or []), "cpu": cpu_name(), "cores": os.cpu_count(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "digits": digit_rows, "architectures": arch_rows}
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "quantize.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    plot(digit_rows, arch_rows, os.path.join(RESULTS, "quantize.png"))
+    print(tables(digit_rows, arch_rows))
+
+
+if __name__ == "__main__":
+    main()
