@@ -44,6 +44,7 @@ from lepton_ir.types import dtype_name, np_dtype
 from passes import PassContext, PassManager, PipelineResult
 from passes.base import parse_pipeline
 from passes.lowering.quantized import is_quantized
+from passes.quantize import Quantize
 from passes.quantize.budget import Budget
 
 Progress = Callable[[str], None]
@@ -122,7 +123,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     prequantized = is_quantized(graph)  # quantized before (QDQ or QOperator): judged by the int8 policy
     plan = quantize_plan(graph, quantize, calibration, accuracy_budget, validation, say)
     if plan is not None:
-        passes = f"{passes if passes is not None else tgt.pipeline},{plan.spec}"
+        pipeline = passes if passes is not None else tgt.pipeline
+        if not any(isinstance(p, Quantize) for p in parse_pipeline(pipeline)):  # unless `passes` places it itself
+            passes = f"{pipeline},{plan.spec}"
         use_cache = False
         if verify_inputs is None:
             verify_inputs = plan.verify_inputs

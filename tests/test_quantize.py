@@ -256,6 +256,7 @@ def test_random_graphs_without_sites_are_unchanged_and_with_sites_stay_valid(mod
     assert set(got) == {o.name for o in model.graph.output}
     again = Quantize().run(g, PassContext(data={"calibration": [feeds]}))
     assert not again.modified  # quantized sites read a DequantizeLinear: never quantized twice
+    assert again.stats["already_quantized"] == len(sites) and again.stats["left_float"] == result.stats["left_float"]
 
 
 @given(fusion_chains())

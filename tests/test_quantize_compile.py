@@ -54,6 +54,15 @@ def test_int8_digits_cnn_keeps_accuracy_and_matches_its_quantized_graph(digits, 
     np.testing.assert_allclose(got, ort, atol=0.05 * float(np.abs(ort).max()))  # a step at most on near-ties
 
 
+def test_a_pipeline_that_places_quantize_itself_gets_no_second_one(digits):
+    import targets
+
+    c = lepton.compile(DEMO, "x86", quantize="int8", calibration=batches(digits["train_images"], count=2),
+                       passes=targets.resolve("x86").pipeline + ",quantize{method=entropy}", verify=False)
+    runs = [p for p in c.passes if p["pass"] == "quantize"]
+    assert len(runs) == 1 and runs[0]["stats"]["sites"] == 4 and runs[0]["stats"]["left_float"] == 0
+
+
 def test_quantize_options_that_do_not_fit_together_are_user_errors(digits):
     with pytest.raises(UserError, match="without quantize"):
         lepton.compile(DEMO, "x86", calibration=batches(digits["train_images"], count=1))

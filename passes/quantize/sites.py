@@ -35,6 +35,8 @@ from passes.fusion.activation import FUSED_OPS
 from passes.quantize.params import ActivationType, QParams, activation_params, quantize_weight
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+ALREADY = "already quantized (it reads a DequantizeLinear)"
+"""The reason `find_sites` gives for a weighted node quantized before: not a node left float."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ def find_sites(graph: Graph, exclude: Iterable[str] = ()) -> tuple[list[Site], d
             continue
         if any(v is not None and v.producer is not None and v.producer.op_type == "DequantizeLinear"
                and not v.producer.domain for v in node.inputs[:2]):
-            skipped[node.name] = "already quantized (it reads a DequantizeLinear)"
+            skipped[node.name] = ALREADY
             continue
         x = node.inputs[0]
         if x is None or x.dtype != T.FLOAT:

@@ -18,7 +18,7 @@ from passes.base import Pass, PassContext, PassResult, register
 from passes.quantize.budget import Budget, fit
 from passes.quantize.calibrate import CalibrationError, Method, calibrate
 from passes.quantize.params import ActivationType
-from passes.quantize.sites import activation_names, apply, find_sites
+from passes.quantize.sites import ALREADY, activation_names, apply, find_sites
 
 
 @register
@@ -48,8 +48,12 @@ class Quantize(Pass):
         if not 50.0 < self.percentile <= 100.0:
             raise UserError(f"quantize: percentile={self.percentile:g} must be in (50, 100]")
         sites, skipped = find_sites(graph, self.exclude)
+        already = [name for name, why in skipped.items() if why == ALREADY]
+        for name in already:
+            del skipped[name]
+        counts = {"already_quantized": len(already)} if already else {}
         if not sites:
-            return PassResult(False, {"sites": 0, "left_float": len(skipped)}, notes=_notes(skipped))
+            return PassResult(False, {"sites": 0, "left_float": len(skipped), **counts}, notes=_notes(skipped, already))
         data = ctx.data.get("calibration")
         if data is None:
             raise CalibrationError("quantize{mode=int8} needs calibration data: lepton.compile(..., calibration=...) "
@@ -67,8 +71,10 @@ class Quantize(Pass):
             skipped.update(returned)
         stats = apply(graph, sites, ranges, self.activations)
         stats["left_float"] = len(skipped)
-        return PassResult(stats["sites"] > 0, stats, notes=(*notes, *_notes(skipped)))
+        stats.update(counts)
+        return PassResult(stats["sites"] > 0, stats, notes=(*notes, *_notes(skipped, already)))
 
 
-def _notes(skipped: dict[str, str]) -> tuple[str, ...]:
-    return tuple(f"{name} stays float: {why}" for name, why in skipped.items())
+def _notes(skipped: dict[str, str], already: list[str]) -> tuple[str, ...]:
+    before = (f"{len(already)} node(s) were quantized before (they read a DequantizeLinear) and are left as they are",)
+    return tuple(f"{name} stays float: {why}" for name, why in skipped.items()) + (before if already else ())
