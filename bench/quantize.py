@@ -154,6 +154,7 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
     return {
         "model": name, "cosine": cos, "ms": ms,
         "sites": next(p["stats"]["sites"] for p in int8.passes if p["pass"] == "quantize"),
+        "left_float": _left_float(int8.passes),
         "compile_s": {"fp32": round(t1 - t0, 1), "int8": round(t2 - t1, 1)},
         "bytes": {"lepton fp32 so": os.path.getsize(os.path.join(fp32.path, "model.so")),
                   "lepton int8 so": os.path.getsize(os.path.join(int8.path, "model.so")),
@@ -166,11 +167,11 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
 def tables(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[str, Any]]) -> str:
     out = ["| digits CNN, 450 held-out images | top-1 % | layers left float |", "|---|---|---|"]
     out += [f"| {r['tool']} | {r['accuracy']:.2f} | {r['left_float']} |" for r in digit_rows]
-    out += ["", "| model | sites | cosine Lepton int8 | cosine ORT int8 | Lepton fp32 ms | Lepton int8 ms | ORT fp32 ms | "
+    out += ["", "| model | int8 / float layers | cosine Lepton int8 | cosine ORT int8 | Lepton fp32 ms | Lepton int8 ms | ORT fp32 ms | "
             "ORT int8 ms | .so fp32 / int8 MB | ORT int8 .onnx / fp32 .onnx |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in arch_rows:
         ms, b = r["ms"], r["bytes"]
-        out.append(f"| {r['model']} | {r['sites']} | {r['cosine']['lepton int8']:.4f} | {r['cosine']['onnxruntime int8']:.4f} "
+        out.append(f"| {r['model']} | {r['sites']} / {r['left_float']} | {r['cosine']['lepton int8']:.4f} | {r['cosine']['onnxruntime int8']:.4f} "
                    f"| {ms['lepton fp32']:.2f} | {ms['lepton int8']:.2f} | {ms['onnxruntime fp32']:.2f} | "
                    f"{ms['onnxruntime int8']:.2f} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} | "
                    f"{b['onnxruntime int8 onnx'] / b['fp32 onnx']:.2f} |")

@@ -106,7 +106,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     With `verify_inputs` the module is built afresh, neither from nor into the compile cache, so that its
     bundle holds the first given sample.
 
-    `quantize="int8"` appends the `quantize` pass (static int8, QDQ) to the pipeline, calibrated on `calibration`
+    `quantize="dynamic"` quantizes Gemm/MatMul weights to int8 and their activations per call (no calibration; the
+    budget below is fitted where `validation` is given). `quantize="int8"` appends the `quantize` pass (static
+    int8, QDQ) to the pipeline, calibrated on `calibration`
     (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). The most sensitive
     layers return to float until the int8 verification policy holds on `validation` (same forms; default: the
     calibration data), and `accuracy_budget` (`"cos=0.995"`, `"top1=0.99"`, both joined by a comma, or a
@@ -127,7 +129,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
         if not any(isinstance(p, Quantize) for p in parse_pipeline(pipeline)):  # unless `passes` places it itself
             passes = f"{pipeline},{plan.spec}"
         use_cache = False
-        if verify_inputs is None:
+        if verify_inputs is None and plan.verify_inputs:
             verify_inputs = plan.verify_inputs
     samples = Samples(graph, verify_inputs, verify_samples)
     use_cache = use_cache and not samples.given  # a cached artifact's bundle would hold another compile's sample
@@ -234,8 +236,23 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
             raise UserError("calibration data, an accuracy budget or validation data were given without quantize=; "
                             "add quantize=\"int8\" (--quantize int8)")
         return None
-    if mode != "int8":
-        raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated)")
+    if mode not in ("int8", "dynamic"):
+        raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated), "
+                        "dynamic (int8 Gemm/MatMul, activations quantized per call)")
+    policy_budget = Budget(((policy_metric(INT8), 1.0),))  # what verification will judge, on the held-out data
+    user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
+    fitted = policy_budget if user_budget is None else user_budget & policy_budget
+    if mode == "dynamic":
+        if calibration is not None:
+            raise UserError("quantize=\"dynamic\" takes no calibration data (activations are quantized per call); "
+                            "give validation= to fit the accuracy budget")
+        if validation is None:
+            if budget is not None:
+                raise UserError("an accuracy budget needs data to judge it on: give validation=")
+            return QuantizePlan("quantize{mode=dynamic}", {"progress": say}, [])
+        held_out = list(Samples(graph, validation).all())
+        return QuantizePlan("quantize{mode=dynamic}", {"progress": say, "validation": held_out, "accuracy_budget": fitted},
+                            held_out[:VERIFY_BATCHES])
     if calibration is None:
         raise UserError("quantize=\"int8\" needs calibration data: calibration= a dict of arrays by input name, an "
                         ".npz path or an iterable of those (--calibration data.npz)")
@@ -243,10 +260,8 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
         raise UserError("give the calibration data as a dict, an .npz path or a list (a one-shot iterator cannot "
                         "be read for calibration and again for the accuracy budget), or pass validation=")
     held_out = list(Samples(graph, validation if validation is not None else calibration).all())
-    policy_budget = Budget(((policy_metric(INT8), 1.0),))  # what verification will judge, on the held-out data
-    user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
     data = {"progress": say, "calibration": Samples(graph, calibration).all(), "validation": held_out,
-            "accuracy_budget": policy_budget if user_budget is None else user_budget & policy_budget}
+            "accuracy_budget": fitted}
     return QuantizePlan("quantize{mode=int8}", data, held_out[:VERIFY_BATCHES])
 
 

@@ -70,6 +70,8 @@ def test_quantize_options_that_do_not_fit_together_are_user_errors(digits):
         lepton.compile(DEMO, "x86", quantize="int8")
     with pytest.raises(UserError, match="unknown quantization mode"):
         lepton.compile(DEMO, "x86", quantize="int3", calibration={"image": digits["train_images"][:8]})
+    with pytest.raises(UserError, match="takes no calibration"):
+        lepton.compile(DEMO, "x86", quantize="dynamic", calibration={"image": digits["train_images"][:8]})
     with pytest.raises(UserError, match="one-shot iterator"):
         lepton.compile(DEMO, "x86", quantize="int8", calibration=iter(batches(digits["train_images"], count=2)))
 
@@ -86,6 +88,14 @@ def test_cli_quantizes_with_a_budget_and_reports_it(digits, tmp_path):
     quant = [p for p in report["passes"] if p["pass"] == "quantize"]
     assert quant and quant[0]["notes"][0].startswith("accuracy budget cosine >= 0.999, int8-policy >= 1")
     assert report["verify"]["policy"]["policy"] == "int8"
+
+
+def test_dynamic_quantization_compiles_and_verifies_on_a_held_out_batch(digits):
+    c = lepton.compile(DEMO, "x86", quantize="dynamic", validation={"image": digits["test_images"][:100]}, use_cache=False)
+    run = next(p for p in c.passes if p["pass"] == "quantize")
+    assert run["stats"]["sites"] == 2 and c.manifest.policy.name == "int8" and c.verify_report.ok
+    graph = onnx.load(os.path.join(c.path, "model.opt.onnx"))
+    assert sum(n.op_type == "DynamicQuantizeLinear" for n in graph.graph.node) == 2
 
 
 def test_cli_quantize_without_calibration_is_exit_2(tmp_path):

@@ -8,7 +8,8 @@ What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and 
   is left as it is, so quantizing twice changes nothing.
 - Each float32 activation a site reads goes through one `QuantizeLinear -> DequantizeLinear` pair
   (shared by all the sites reading it; other readers keep the float tensor), with parameters from
-  the calibrated range (`passes.quantize.params.activation_params`).
+  the calibrated range (`passes.quantize.params.activation_params`), or, quantized dynamically,
+  through `DynamicQuantizeLinear -> DequantizeLinear` (uint8 over each call's range).
 - Each constant float32 weight becomes an int8 initializer read by a `DequantizeLinear`: symmetric,
   per output channel (Conv axis 0, ConvTranspose axis 1 when group is 1, Gemm by transB, MatMul the
   last axis) at opset >= 13, else per tensor. Biases stay float32.
@@ -19,7 +20,7 @@ What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,8 +58,9 @@ def kind(node: Node) -> str | None:
     return None
 
 
-def find_sites(graph: Graph, exclude: Iterable[str] = ()) -> tuple[list[Site], dict[str, str]]:
-    """The sites of the main graph in graph order, and the weighted nodes left float with the reason."""
+def find_sites(graph: Graph, exclude: Iterable[str] = (), *, dynamic: bool = False) -> tuple[list[Site], dict[str, str]]:
+    """The sites of the main graph in graph order, and the weighted nodes left float with the reason.
+    `dynamic`: only Gemm/MatMul with a constant weight (dynamic quantization's sites)."""
     patterns = tuple(exclude)
     per_channel = graph.opset_imports.get("", 1) >= 13
     sites: list[Site] = []
@@ -83,6 +85,9 @@ def find_sites(graph: Graph, exclude: Iterable[str] = ()) -> tuple[list[Site], d
             skipped[node.name] = "its second operand is not float32"
             continue
         weight = constant_value(graph, w)
+        if dynamic and (op not in ("Gemm", "MatMul") or weight is None):
+            skipped[node.name] = "dynamic quantization takes Gemm/MatMul with a constant weight"
+            continue
         if weight is None:
             sites.append(Site(node, (0, 1), "none"))  # activation x activation (attention scores)
             continue
@@ -111,9 +116,17 @@ def activation_names(sites: Sequence[Site]) -> list[str]:
     return list(names)
 
 
-def apply(graph: Graph, sites: Sequence[Site], ranges: dict[str, tuple[float, float]],
-          activations: ActivationType) -> dict[str, int]:
-    """Rewrite `sites` into QDQ form with the calibrated `ranges` (by tensor name); counts by kind."""
+@dataclass(frozen=True)
+class Activations:
+    """How activations are quantized: with parameters from calibrated `ranges` (by tensor name) as `kind`, or,
+    with `ranges` None, per call by `DynamicQuantizeLinear` (uint8, the range of each call's tensor)."""
+
+    ranges: Mapping[str, tuple[float, float]] | None
+    kind: ActivationType = "uint8"
+
+
+def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict[str, int]:
+    """Rewrite `sites` into QDQ form; counts by kind."""
     rw = Rewriter()
     b = Builder(graph, "quant")
     dq: dict[int, Value] = {}  # float value id -> its dequantized copy
@@ -125,7 +138,9 @@ def apply(graph: Graph, sites: Sequence[Site], ranges: dict[str, tuple[float, fl
             v = node.inputs[i]
             assert v is not None
             if id(v) not in dq:
-                dq[id(v)] = _qdq(b, v, activation_params(*ranges[v.name], activations))
+                ranges = activations.ranges
+                dq[id(v)] = _dynamic_qdq(b, v) if ranges is None else _qdq(b, v, activation_params(*ranges[v.name],
+                                                                                                   activations.kind))
                 stats["activations"] += 1
         if s.weight_axis != "none":
             w = node.inputs[1]
@@ -154,6 +169,12 @@ def _qdq(b: Builder, v: Value, p: QParams) -> Value:
     scale, zp = b.const(p.scale, "scale"), b.const(p.zero_point, "zero_point")
     q = b.QuantizeLinear(v, scale, zp, dtype=T.UINT8 if p.zero_point.dtype == np.uint8 else T.INT8, shape=v.shape)
     return _dequantize(b, q, p, v.shape, scale, zp)
+
+
+def _dynamic_qdq(b: Builder, v: Value) -> Value:
+    q, scale, zp = b.op("DynamicQuantizeLinear", [v], num_outputs=3, dtypes=[T.UINT8, T.FLOAT, T.UINT8],
+                        shapes=[v.shape, (), ()])
+    return b.op("DequantizeLinear", [q, scale, zp], dtype=T.FLOAT, shape=v.shape)
 
 
 def _dequantize(b: Builder, q: Value, p: QParams, shape: Any, scale: Value | None = None,

@@ -1,4 +1,4 @@
-"""`quantize`: static int8 quantization in QDQ form, calibrated on user data.
+"""`quantize`: static int8 quantization in QDQ form, calibrated on user data, or dynamic int8.
 
 The pass finds the sites (`passes.quantize.sites`), calibrates the activations they read
 (`passes.quantize.calibrate`), fits the accuracy budget when one is given (`passes.quantize.budget`),
@@ -18,23 +18,24 @@ from passes.base import Pass, PassContext, PassResult, register
 from passes.quantize.budget import Budget, fit
 from passes.quantize.calibrate import CalibrationError, Method, calibrate
 from passes.quantize.params import ActivationType
-from passes.quantize.sites import ALREADY, activation_names, apply, find_sites
+from passes.quantize.sites import ALREADY, Activations, activation_names, apply, find_sites
 
 
 @register
 @dataclass(frozen=True)
 class Quantize(Pass):
-    """Static int8 QDQ quantization of Conv/ConvTranspose/Gemm/MatMul (fused ones included).
+    """Static int8 QDQ quantization of Conv/ConvTranspose/Gemm/MatMul (fused ones included), or with
+    `mode=dynamic` dynamic int8 of Gemm/MatMul with constant weights (activations quantized per call).
 
-    Data in `ctx.data`: `calibration` (an iterable of feed dicts, one batch each; needed when there is
+    Data in `ctx.data`: `calibration` (an iterable of feed dicts, one batch each; needed in int8 mode when there is
     something to quantize), `accuracy_budget` (a `Budget` or its text, e.g. `cos=0.99`) with `validation`
     (a sequence of feed dicts to judge it on), and `progress` (a callable taking a message)."""
 
     name: ClassVar[str] = "quantize"
-    summary: ClassVar[str] = "static int8 quantization (QDQ) of Conv/Gemm/MatMul, calibrated on user data"
+    summary: ClassVar[str] = "int8 quantization (QDQ): static (calibrated) of Conv/Gemm/MatMul, or dynamic of Gemm/MatMul"
     repeat: ClassVar[bool] = False
 
-    mode: Literal["int8"] = "int8"
+    mode: Literal["int8", "dynamic"] = "int8"
     activations: ActivationType = "uint8"
     method: Method = "minmax"
     percentile: float = 99.99
@@ -42,34 +43,41 @@ class Quantize(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         opset = graph.opset_imports.get("", 1)
-        if opset < 10:
-            raise UserError(f"quantize needs opset >= 10 (QuantizeLinear); the model is at opset {opset}: "
-                            "convert it with onnx.version_converter first")
+        if opset < 10 or (self.mode == "dynamic" and opset < 11):
+            raise UserError(f"quantize{{mode={self.mode}}} needs opset >= {10 if self.mode == 'int8' else 11} "
+                            f"(QuantizeLinear, DynamicQuantizeLinear); the model is at opset {opset}: convert it with "
+                            "onnx.version_converter first")
         if not 50.0 < self.percentile <= 100.0:
             raise UserError(f"quantize: percentile={self.percentile:g} must be in (50, 100]")
-        sites, skipped = find_sites(graph, self.exclude)
+        dynamic = self.mode == "dynamic"
+        sites, skipped = find_sites(graph, self.exclude, dynamic=dynamic)
         already = [name for name, why in skipped.items() if why == ALREADY]
         for name in already:
             del skipped[name]
         counts = {"already_quantized": len(already)} if already else {}
         if not sites:
             return PassResult(False, {"sites": 0, "left_float": len(skipped), **counts}, notes=_notes(skipped, already))
-        data = ctx.data.get("calibration")
-        if data is None:
-            raise CalibrationError("quantize{mode=int8} needs calibration data: lepton.compile(..., calibration=...) "
-                                   "or `lepton compile --calibration data.npz` (a dict of arrays by input name per batch)")
         progress = ctx.data.get("progress")
-        observers = calibrate(lepton_ir.to_onnx(graph), activation_names(sites), data,
-                              histogram=self.method != "minmax", progress=progress)
-        ranges = {n: o.range(self.method, self.percentile) for n, o in observers.items()}
+        if dynamic:
+            activations = Activations(None)
+        else:
+            data = ctx.data.get("calibration")
+            if data is None:
+                raise CalibrationError("quantize{mode=int8} needs calibration data: lepton.compile(..., calibration=...) "
+                                       "or `lepton compile --calibration data.npz` (a dict of arrays by input name per "
+                                       "batch); quantize{mode=dynamic} needs none")
+            observers = calibrate(lepton_ir.to_onnx(graph), activation_names(sites), data,
+                                  histogram=self.method != "minmax", progress=progress)
+            activations = Activations({n: o.range(self.method, self.percentile) for n, o in observers.items()},
+                                      self.activations)
         notes: Sequence[str] = ()
         budget = ctx.data.get("accuracy_budget")
         if budget is not None:
             budget = Budget.parse(budget) if isinstance(budget, str) else budget
-            sites, returned, notes = fit(graph, sites, ranges, self.activations, budget, ctx.data.get("validation") or (),
-                                         self.exclude, progress)
+            sites, returned, notes = fit(graph, sites, activations, budget, ctx.data.get("validation") or (),
+                                         self.exclude, dynamic, progress)
             skipped.update(returned)
-        stats = apply(graph, sites, ranges, self.activations)
+        stats = apply(graph, sites, activations)
         stats["left_float"] = len(skipped)
         stats.update(counts)
         return PassResult(stats["sites"] > 0, stats, notes=(*notes, *_notes(skipped, already)))
