@@ -12,7 +12,8 @@
    model's outputs on 4 synthesized samples after calibrating on 8 others, Lepton vs onnxruntime's
    `quantize_static` (QDQ, per channel, MinMax) on the same data; artifact sizes; batch-1 latency of
    Lepton fp32, Lepton int8, onnxruntime fp32 and onnxruntime on its int8 QDQ graph, tools alternating
-   block by block (`bench.latency.time_blocks`), medians over rounds.
+   block by block (`bench.latency.time_blocks`), medians over rounds; for the BERT models also dynamic int8
+   (Lepton `quantize="dynamic"` fitted on the 4 held-out samples, onnxruntime `quantize_dynamic`).
 
 Writes bench/results/quantize.json and quantize.png and prints Markdown tables.
 """
@@ -138,13 +139,21 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
                           output_dir=os.path.join(work, f"{name}_int8"))
     t2 = time.perf_counter()
     ort_q = onnx.load(ort_quantized(path, calib, os.path.join(work, f"{name}_ort_qdq.onnx")))
-    ref, ort_fp32, ort_int8 = ort_runner(model, 1), ort_runner(model, os.cpu_count() or 1), ort_runner(ort_q, os.cpu_count() or 1)
+    threads = os.cpu_count() or 1
+    ref, ort_fp32, ort_int8 = ort_runner(model, 1), ort_runner(model, threads), ort_runner(ort_q, threads)
     refs = [ref(f) for f in held]
-    cos = {"lepton int8": min(cosine(r, int8.run(f)) for r, f in zip(refs, held, strict=True)),
-           "onnxruntime int8": min(cosine(r, ort_int8(f)) for r, f in zip(refs, held, strict=True))}
+    tools: dict[str, Any] = {"lepton fp32": fp32.run, "lepton int8": int8.run, "onnxruntime fp32": ort_fp32,
+                             "onnxruntime int8": ort_int8}
+    if name.startswith("bert"):  # transformers: dynamic int8 too, Lepton's and onnxruntime's quantize_dynamic
+        from onnxruntime.quantization import quantize_dynamic
+
+        dyn = lepton.compile(path, "x86", quantize="dynamic", validation=held, output_dir=os.path.join(work, f"{name}_dyn"))
+        ort_dyn = os.path.join(work, f"{name}_ort_dyn.onnx")
+        quantize_dynamic(path, ort_dyn)
+        tools |= {"lepton dynamic": dyn.run, "onnxruntime dynamic": ort_runner(onnx.load(ort_dyn), threads)}
+    cos = {t: min(cosine(r, tools[t](f)) for r, f in zip(refs, held, strict=True)) for t in tools if "fp32" not in t}
     feeds = held[0]
-    runners = {"lepton fp32": lambda: fp32.run(feeds), "lepton int8": lambda: int8.run(feeds),
-               "onnxruntime fp32": lambda: ort_fp32(feeds), "onnxruntime int8": lambda: ort_int8(feeds)}
+    runners = {t: (lambda fn=fn: fn(feeds)) for t, fn in tools.items()}
     rounds = time_blocks(runners, repeat, dict.fromkeys(runners, inner))
     ms = {k: statistics.median(v) for k, v in rounds.items()}
 
@@ -167,13 +176,16 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
 def tables(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[str, Any]]) -> str:
     out = ["| digits CNN, 450 held-out images | top-1 % | layers left float |", "|---|---|---|"]
     out += [f"| {r['tool']} | {r['accuracy']:.2f} | {r['left_float']} |" for r in digit_rows]
-    out += ["", "| model | int8 / float layers | cosine Lepton int8 | cosine ORT int8 | Lepton fp32 ms | Lepton int8 ms | ORT fp32 ms | "
-            "ORT int8 ms | .so fp32 / int8 MB | ORT int8 .onnx / fp32 .onnx |", "|---|---|---|---|---|---|---|---|---|---|"]
+    out += ["", "| model | tool | int8 / float layers | cosine to fp32 | batch-1 ms |", "|---|---|---|---|---|"]
     for r in arch_rows:
-        ms, b = r["ms"], r["bytes"]
-        out.append(f"| {r['model']} | {r['sites']} / {r['left_float']} | {r['cosine']['lepton int8']:.4f} | {r['cosine']['onnxruntime int8']:.4f} "
-                   f"| {ms['lepton fp32']:.2f} | {ms['lepton int8']:.2f} | {ms['onnxruntime fp32']:.2f} | "
-                   f"{ms['onnxruntime int8']:.2f} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} | "
+        for tool, ms in r["ms"].items():
+            layers = f"{r['sites']} / {r['left_float']}" if tool == "lepton int8" else ""
+            cos = f"{r['cosine'][tool]:.4f}" if tool in r["cosine"] else "1 (reference)"
+            out.append(f"| {r['model']} | {tool} | {layers} | {cos} | {ms:.2f} |")
+    out += ["", "| model | Lepton .so fp32 / int8 MB | onnxruntime int8 .onnx / fp32 .onnx |", "|---|---|---|"]
+    for r in arch_rows:
+        b = r["bytes"]
+        out.append(f"| {r['model']} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} | "
                    f"{b['onnxruntime int8 onnx'] / b['fp32 onnx']:.2f} |")
     return "\n".join(out)
 
@@ -190,11 +202,12 @@ def plot(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[st
     left.set_xlim(min(r["accuracy"] for r in digit_rows) - 1.0, 100)
     left.set_xlabel("top-1 % on 450 held-out digits")
     left.invert_yaxis()
-    tools = ["lepton fp32", "lepton int8", "onnxruntime fp32", "onnxruntime int8"]
+    tools = list(dict.fromkeys(t for r in arch_rows for t in r["ms"]))
     width = 0.8 / len(tools)
     for i, tool in enumerate(tools):
-        right.bar([x + i * width for x in range(len(arch_rows))], [r["ms"][tool] for r in arch_rows], width, label=tool)
-    right.set_xticks([x + 1.5 * width for x in range(len(arch_rows))], [r["model"] for r in arch_rows])
+        right.bar([x + i * width for x in range(len(arch_rows))], [r["ms"].get(tool, 0.0) for r in arch_rows], width,
+                  label=tool)
+    right.set_xticks([x + 0.4 - width / 2 for x in range(len(arch_rows))], [r["model"] for r in arch_rows])
     right.set_ylabel("batch-1 ms (lower is better)")
     right.legend(fontsize=8)
     fig.suptitle(f"static int8: accuracy and latency ({cpu_name()})")

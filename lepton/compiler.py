@@ -223,6 +223,10 @@ class QuantizePlan:
     verify_inputs: list[dict[str, np.ndarray]]
 
 
+POLICY_GUARD = 1.005
+"""The budget fits the int8 policy 0.5 % inside its bounds (cosine >= 0.995, top-1 >= 0.995 where the policy asks
+0.99): the budget is judged in onnxruntime, and the compiled module's rounding can differ from onnxruntime's by one
+code at near-ties (for example inside DynamicQuantizeLinear), which moves the outputs a little."""
 VERIFY_BATCHES = 4
 """A quantized module is verified on this many validation (else calibration) batches by default. The budget
 reads all of them, so they are held in memory."""
@@ -239,7 +243,7 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
     if mode not in ("int8", "dynamic"):
         raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated), "
                         "dynamic (int8 Gemm/MatMul, activations quantized per call)")
-    policy_budget = Budget(((policy_metric(INT8), 1.0),))  # what verification will judge, on the held-out data
+    policy_budget = Budget(((policy_metric(INT8), POLICY_GUARD),))  # what verification judges, with a guard band
     user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
     fitted = policy_budget if user_budget is None else user_budget & policy_budget
     if mode == "dynamic":

@@ -86,7 +86,7 @@ def test_cli_quantizes_with_a_budget_and_reports_it(digits, tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     quant = [p for p in report["passes"] if p["pass"] == "quantize"]
-    assert quant and quant[0]["notes"][0].startswith("accuracy budget cosine >= 0.999, int8-policy >= 1")
+    assert quant and quant[0]["notes"][0].startswith("accuracy budget cosine >= 0.999, int8-policy >= 1.005")
     assert report["verify"]["policy"]["policy"] == "int8"
 
 
