@@ -63,6 +63,17 @@ def test_a_pipeline_that_places_quantize_itself_gets_no_second_one(digits):
     assert len(runs) == 1 and runs[0]["stats"]["sites"] + runs[0]["stats"]["left_float"] == 4
 
 
+@pytest.mark.parametrize("mode", ["int8", "dynamic"])
+def test_int8_digits_transformer_keeps_accuracy(mode, digits):
+    model = os.path.join(os.path.dirname(DEMO), "digits_transformer.onnx")
+    data = {"calibration": batches(digits["train_images"])} if mode == "int8" else {}
+    c = lepton.compile(model, "x86", quantize=mode, validation=[{"image": digits["train_images"][1000:]}], **data)
+    test = {"image": digits["test_images"]}
+    fp32 = accuracy(run_model(onnx.load(model), test)["logits"], digits["test_labels"])
+    assert accuracy(c.run(test)["logits"], digits["test_labels"]) >= fp32 - 0.005
+    assert next(p for p in c.passes if p["pass"] == "quantize")["stats"]["sites"] >= 10
+
+
 def test_quantize_options_that_do_not_fit_together_are_user_errors(digits):
     with pytest.raises(UserError, match="without quantize"):
         lepton.compile(DEMO, "x86", calibration=batches(digits["train_images"], count=1))
