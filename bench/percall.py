@@ -193,17 +193,18 @@ def breakdown(artifact_dir: str, feeds: dict[str, np.ndarray], threads: int | No
     import tvm
 
     from lepton.artifact import read_manifest
+    from lepton.codegen.weights import load_weights
     from lepton.threads import available_cpus, use_threads
 
     manifest = read_manifest(artifact_dir)
     dev = tvm.cpu()
     vm = tvm.relax.VirtualMachine(tvm.runtime.load_module(os.path.join(artifact_dir, manifest.library)), dev)
-    main = vm["main"]
+    main, weights = vm["main"], load_weights(vm)
     arrays = [feeds[t.name] for t in manifest.signature.inputs]
     tensors = [tvm.runtime.tensor(a, dev) for a in arrays]
     staged = [tvm.runtime.empty(a.shape, str(a.dtype), dev) for a in arrays]
     views = [np.from_dlpack(t) for t in staged]
-    out = main(*tensors)
+    out = main(*tensors, *weights)
     outs = [out] if isinstance(out, tvm.runtime.Tensor) else list(out)
 
     def stage() -> None:
@@ -214,7 +215,7 @@ def breakdown(artifact_dir: str, feeds: dict[str, np.ndarray], threads: int | No
     cpus = len(available_cpus())
     for n in sorted({1, cpus}):
         use_threads(n)
-        row[f"vm_call_{n}_threads_us"] = _median_us(lambda: main(*tensors))
+        row[f"vm_call_{n}_threads_us"] = _median_us(lambda: main(*tensors, *weights))
     use_threads(threads or cpus)
     row["inputs_tvm_tensor_us"] = _median_us(lambda: [tvm.runtime.tensor(a, dev) for a in arrays])
     row["inputs_staging_copy_us"] = _median_us(stage)

@@ -25,6 +25,7 @@ import targets
 from lepton.codegen import build, to_relax, unsupported_nodes
 from lepton.codegen.lowering import with_lowering
 from lepton.codegen.provenance import Provenance
+from lepton.codegen.weights import load_weights
 from lepton.compiler import import_model
 from lepton.input_shapes import InputShapes, pin_input_shapes
 from lepton.threads import use_available_cpus
@@ -205,7 +206,7 @@ def _run_executable(executable: Any, graph: Graph, feeds: dict[str, np.ndarray],
     dev = tvm.device(tgt.device, 0)
     vm = relax.VirtualMachine(executable, dev)
     use_available_cpus()
-    out = vm["main"](*[tvm.runtime.tensor(feeds[v.name], dev) for v in graph.inputs])
+    out = vm["main"](*[tvm.runtime.tensor(feeds[v.name], dev) for v in graph.inputs], *load_weights(vm))
     flat: list[Any] = []
     stack = [out]
     while stack:

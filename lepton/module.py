@@ -21,6 +21,8 @@ Per call (small models are called thousands of times a second, so this path is k
   module's own constant, a reshaped input is a view of the staging tensor the next call overwrites.
 - Calls of one module are serialized by a lock (the Relax VM keeps per-call state in the VM object, and
   the staging tensors are shared); separate modules run concurrently.
+- Quantized weights are stored as integers and expanded once, at load (`lepton.codegen.weights`); each
+  call passes those expanded weights after the inputs.
 - TVM's thread count is chosen per module from its first calls (`lepton.threads.ThreadChoice`): small
   models run on one thread, where TVM's fork/join per parallel loop costs more than it gains.
 """
@@ -148,6 +150,10 @@ class CompiledModule:
     def __init__(self, vm: Any, signature: Signature, device: Any, manifest: Manifest) -> None:
         self._vm = vm  # keeps the VM (and its loaded library) alive as long as `_main` is used
         self._main = vm["main"]
+        from lepton.codegen.weights import load_weights  # TVM is loaded already: `vm` is a TVM VM
+
+        use_available_cpus()
+        self._weights = load_weights(vm)  # what `main` takes after the inputs: integer weights, expanded once
         self._signature = signature
         self._device = device
         self._manifest = manifest
@@ -208,13 +214,13 @@ class CompiledModule:
                 use_threads(n)
                 if timed:
                     t0 = time.perf_counter()
-                    result = self._main(*args)
+                    result = self._main(*args, *self._weights)
                     choice.record(key, n, time.perf_counter() - t0)
                 else:
-                    result = self._main(*args)
+                    result = self._main(*args, *self._weights)
             else:
                 use_available_cpus()  # a no-op where the user set TVM_NUM_THREADS/OMP_NUM_THREADS
-                result = self._main(*args)
+                result = self._main(*args, *self._weights)
             values = [result] if type(result) is self._tensor_type else _flatten(result)
             if len(values) != len(self._out_plans):
                 raise InternalError(f"module {self.path} returned {len(values)} outputs, its signature has {len(self.outputs)}")

@@ -27,10 +27,11 @@ import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import relax
 
-from lepton.codegen import layout_ops, vector_math
+from lepton.codegen import layout_ops, vector_math, weights
 from lepton.codegen.conv_transpose import lower_conv2d_transpose
 from lepton.codegen.failures import error_line, tool_failure, tvm_failures
 from lepton.codegen.opencl_check import check_opencl, opencl_unavailable
@@ -182,12 +183,18 @@ def _unpackable_params(func: tvm.tirx.PrimFunc) -> set[int]:
 
 
 def _constant_params(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, list[int]]:
-    """For each PrimFunc the Relax functions call, the indices of its parameters that are constant at every call."""
+    """For each PrimFunc the Relax functions call, the indices of its parameters that are the same at every
+    call: constants, and values computed from the weights only (`lepton.codegen.weights.weight_derived`)."""
     call_tir, sites = tvm.ir.Op.get("relax.call_tir"), {}
-    for e in _relax_calls(mod, call_tir):
-        if isinstance(e.args[1], relax.Tuple):
-            constant = {i for i, a in enumerate(e.args[1].fields) if isinstance(a, tvm.ir.expr.Constant)}
-            sites.setdefault(e.args[0], []).append(constant)
+    for func in mod.functions.values():
+        if not isinstance(func, relax.Function):
+            continue
+        derived = weights.weight_derived(func)
+        for e in _relax_calls(tvm.IRModule({"f": func}), call_tir):
+            if isinstance(e.args[1], relax.Tuple):
+                constant = {i for i, a in enumerate(e.args[1].fields)
+                            if isinstance(a, tvm.ir.expr.Constant) or (isinstance(a, relax.Var) and a in derived)}
+                sites.setdefault(e.args[0], []).append(constant)
     return {gv: sorted(set.intersection(*found)) for gv, found in sites.items()}
 
 
@@ -257,17 +264,26 @@ def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transf
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonCPUPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        mod, values = weights.lift_quantized_weights(mod)  # integer weights stay integer (lepton.codegen.weights)
         with tvm_target:
-            seq = tvm.transform.Sequential(
-                cpu_prepare_passes(target, notes)
-                + cpu_schedule_passes(target)
-                + cpu_prepack_passes(notes)
-                + cpu.dataflow_lower_passes(tvm_target)
-                + cpu.finalize_passes(tvm_target)
-            )
-            return seq(mod)
+            compute = tvm.transform.Sequential(
+                cpu_prepare_passes(target, notes) + cpu_schedule_passes(target) + cpu_prepack_passes(notes))
+            lower = tvm.transform.Sequential(cpu.dataflow_lower_passes(tvm_target) + cpu.finalize_passes(tvm_target))
+            mod = weights.bind_transform(compute(mod), values)
+            if values and notes is not None:
+                notes.append(_weights_note(values))
+            return lower(mod)
 
     return _pipeline
+
+
+def _weights_note(values: list[tvm.runtime.Tensor]) -> layout_ops.StepNote:
+    stored = sum(int(np.prod(v.shape)) * tvm.DataType(str(v.dtype)).bits // 8 for v in values)
+    floats = sum(int(np.prod(v.shape)) * 4 for v in values)
+    return layout_ops.StepNote(
+        f"{len(values)} quantized weight tensor(s) stored as integers ({stored / 1e6:.2f} MB instead of "
+        f"{floats / 1e6:.2f} MB of float32), dequantized once when the module is loaded",
+        "integer-weights", {"tensors": len(values), "bytes": stored, "float32_bytes": floats}, [])
 
 
 def build(mod: tvm.IRModule, target: Target, notes: list[str] | None = None,

@@ -5,8 +5,10 @@ channel; Winograd's F(2x2, 3x3) costs 16 (2.25x fewer), plus cheap additions to 
 tiles and results. The rewrite is done in Relax, before legalization, with ops Lepton's CPU
 schedules already handle:
 
-- weights: U = G w G^T per (input, output) channel pair, computed here in float64 from the constant
-  weights and stored as a [16, C, K] float32 constant (compile time, never per call);
+- weights: U = G w G^T per (input, output) channel pair, computed here in float64 from constant
+  weights and stored as a [16, C, K] float32 constant (compile time, never per call); for weights
+  dequantized from integers (`lepton.codegen.weights`) the transform is Relax ops that the module
+  runs once, when it is loaded;
 - input: padded, cut into overlapping 4x4 tiles by strided slices, V = B^T d B (additions and
   subtractions only, fused into one injective kernel), stacked as [16, tiles, C];
 - one batched matmul [16, tiles, C] x [16, C, K] (Lepton's tiled matmul schedule);
@@ -15,7 +17,7 @@ schedules already handle:
 
 The transforms of F(2x2, 3x3) have coefficients 0, +-1 and +-1/2 only, so the result differs from
 direct convolution by rounding, well inside fp32 tolerance (F(4x4, 3x3) would save more multiplies
-at a larger rounding error, and is not used). Only convolutions with constant weights, float32,
+at a larger rounding error, and is not used). Only convolutions with constant (or dequantized integer) weights, float32,
 NHWC/HWIO layouts, stride 1, dilation 1, one group and at least `MIN_CHANNELS` input and output
 channels are rewritten; everything else is left as it is.
 """
@@ -28,6 +30,7 @@ from tvm import relax
 
 from lepton.codegen.layout_ops import StepNote, node_name
 from lepton.codegen.relax_mutate import mutate_functions
+from lepton.codegen.weights import weight_params
 
 #: Fewer channels do too little work per tile for the transforms to pay off. Measured on the reference
 #: machine (chains of four 3x3 convolutions + ReLU, Winograd vs direct): 16 channels at 56x56 0.56x,
@@ -64,6 +67,7 @@ def transformed_weights(w: np.ndarray) -> np.ndarray:
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
+        self.weight_params = [p for f in mod.functions.values() if isinstance(f, relax.Function) for p in weight_params(f)]
         self.rewritten = 0
         self.where: list[str] = []  # the ONNX nodes, where the calls name them (`layout_ops.node_name`)
 
@@ -71,16 +75,46 @@ class _Rewriter(relax.PyExprMutator):
         call = self.visit_expr_post_order(call)
         if not _is_candidate(call):
             return call
-        weights = self._constant(call.args[1])
-        if weights is None or weights.shape[:2] != (3, 3):
+        w = call.args[1]
+        shape = tuple(int(d) for d in w.ty.shape.values)
+        if shape[:2] != (3, 3) or min(shape[2], shape[3]) < MIN_CHANNELS:
             return call
-        if min(weights.shape[2], weights.shape[3]) < MIN_CHANNELS:
+        constant = self._constant(w)
+        if constant is not None:
+            u: relax.Expr = relax.const(transformed_weights(constant))
+        elif self._from_weights(w):
+            u = self._transform(w, shape)
+        else:
             return call
         self.rewritten += 1
         name = node_name(call)
         if name:
             self.where.append(name)
-        return self._winograd(call.args[0], weights, [int(p) for p in call.attrs.padding])
+        return self._winograd(call.args[0], u, shape[3], [int(p) for p in call.attrs.padding])
+
+    def _from_weights(self, expr: relax.Expr) -> bool:
+        """Whether `expr` is computed from constants and `main`'s weight parameters alone (a dequantized
+        integer weight, `lepton.codegen.weights`): its transform is then computed once, at load."""
+        if isinstance(expr, relax.Var):
+            if any(expr.same_as(p) for p in self.weight_params):
+                return True
+            bound = self.lookup_binding(expr)
+            return bound is not None and self._from_weights(bound)
+        if isinstance(expr, (tvm.ir.expr.Constant, relax.ShapeExpr)):
+            return True
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            return all(self._from_weights(a) for a in expr.args)
+        return False
+
+    def _transform(self, w: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+        """U = G w G^T for HWIO weights [3, 3, C, K] as Relax ops (`transformed_weights`, in float32), [16, C, K]."""
+        op, emit = relax.op, self.builder_.emit
+        ck = shape[2] * shape[3]
+        g = relax.const(_G.astype(np.float32))
+        t = emit(op.matmul(g, emit(op.reshape(w, [3, 3 * ck]))))  # [a, (j, c, k)]
+        t = emit(op.reshape(emit(op.permute_dims(emit(op.reshape(t, [4, 3, ck])), [1, 0, 2])), [3, 4 * ck]))
+        u = emit(op.reshape(emit(op.matmul(g, t)), [4, 4, ck]))  # [b, a, (c, k)]
+        return emit(op.reshape(emit(op.permute_dims(u, [1, 0, 2])), [16, shape[2], shape[3]]))
 
     def _constant(self, expr: relax.Expr) -> np.ndarray | None:
         """The value of `expr` when it is a constant, or a constant with its axes permuted (layout conversion)."""
@@ -97,10 +131,10 @@ class _Rewriter(relax.PyExprMutator):
             return np.transpose(inner, None if axes is None else [int(a) for a in axes])
         return None
 
-    def _winograd(self, x: relax.Expr, w: np.ndarray, padding: list[int]) -> relax.Expr:
+    def _winograd(self, x: relax.Expr, u: relax.Expr, k: int, padding: list[int]) -> relax.Expr:
+        """The convolution of `x` with transformed weights `u` [16, C, K]."""
         op, emit = relax.op, self.builder_.emit
         n, h, wd, c = (int(d) for d in x.ty.shape.values)
-        k = w.shape[3]
         top, left, bottom, right = padding
         out_h, out_w = h + top + bottom - 2, wd + left + right - 2
         tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
@@ -118,7 +152,7 @@ class _Rewriter(relax.PyExprMutator):
         v = [vab for t in t_rows for vab in bt([every_other(t, j, tiles_w, 2) for j in range(4)])]
         tiles = n * tiles_h * tiles_w
         v_all = emit(op.reshape(emit(op.stack(v, axis=0)), [16, tiles, c]))
-        m = emit(op.matmul(v_all, relax.const(transformed_weights(w))))  # [16, tiles, K]
+        m = emit(op.matmul(v_all, u))  # [16, tiles, K]
         m6 = emit(op.reshape(m, [4, 4, n, tiles_h, tiles_w, k]))
 
         def m_at(a: int, b: int) -> relax.Expr:
