@@ -1,4 +1,5 @@
-"""Static int8 quantization: accuracy, output similarity, size and latency, Lepton vs onnxruntime, one run.
+"""int8 quantization (static, dynamic, weight-only): accuracy, output similarity, size and latency, Lepton vs
+onnxruntime, one run.
 
     python -m bench.quantize [--models resnet18,bert_small] [--repeat 5] [--inner 10]
 
@@ -6,13 +7,14 @@
    encoder (`bench/models/digits_transformer.onnx`, `bench/train_digits_transformer.py`): top-1 accuracy on
    all 450 held-out images (`bench/digits_split.py`) for the float model, Lepton int8 (the compiled TVM
    module; calibration methods minmax, percentile, entropy; minmax with the accuracy budget `top1=0.999`
-   judged on 347 training images not used for calibration; dynamic), onnxruntime `quantize_static` (QDQ, per channel, the
+   judged on 347 training images not used for calibration; dynamic; weight-only int8), onnxruntime `quantize_static` (QDQ, per channel, the
    same 512 calibration images, its MinMax/Percentile/Entropy methods, after `quant_pre_process` as its
    docs recommend) and `quantize_dynamic`.
 2. Exported architectures with random weights (`bench/models.py`): cosine similarity to the float
    model's outputs on 4 synthesized samples after calibrating on 8 others, Lepton vs onnxruntime's
    `quantize_static` (QDQ, per channel, MinMax) on the same data; artifact sizes; batch-1 latency of
-   Lepton fp32, Lepton int8, onnxruntime fp32 and onnxruntime on its int8 QDQ graph, tools alternating
+   Lepton fp32, Lepton int8, Lepton weight-only int8 (no budget: every weight and embedding int8),
+   onnxruntime fp32 and onnxruntime on its int8 QDQ graph, tools alternating
    block by block (`bench.latency.time_blocks`), medians over rounds; for the BERT models also dynamic int8
    (Lepton `quantize="dynamic"` fitted on the 4 held-out samples, onnxruntime `quantize_dynamic`).
 
@@ -117,8 +119,9 @@ def trained(name: str, work: str) -> list[dict[str, Any]]:
     c = lepton.compile(path, "x86", quantize="int8", calibration=calib, accuracy_budget="top1=0.999", validation=val,
                        use_cache=False)
     row("lepton int8 minmax + budget top1>=0.999", c.run(test)["logits"], _left_float(c.passes))
-    c = lepton.compile(path, "x86", quantize="dynamic", validation=val, use_cache=False)
-    row("lepton dynamic", c.run(test)["logits"], _left_float(c.passes))
+    for mode in ("dynamic", "weight-int8"):
+        c = lepton.compile(path, "x86", quantize=mode, validation=val, use_cache=False)
+        row(f"lepton {mode}", c.run(test)["logits"], _left_float(c.passes))
     for method in ("MinMax", "Percentile", "Entropy"):
         q = ort_quantized(path, calib, os.path.join(work, f"{name}_{method}.onnx"), method)
         row(f"onnxruntime quantize_static {method}", ort_runner(onnx.load(q), 1)(test)["logits"])
@@ -152,12 +155,13 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
     int8 = lepton.compile(path, "x86", quantize="int8", calibration=calib, validation=held,
                           output_dir=os.path.join(work, f"{name}_int8"))
     t2 = time.perf_counter()
+    weights = lepton.compile(path, "x86", quantize="weight-int8", output_dir=os.path.join(work, f"{name}_weights"))
     ort_q = onnx.load(ort_quantized(path, calib, os.path.join(work, f"{name}_ort_qdq.onnx")))
     threads = os.cpu_count() or 1
     ref, ort_fp32, ort_int8 = ort_runner(model, 1), ort_runner(model, threads), ort_runner(ort_q, threads)
     refs = [ref(f) for f in held]
-    tools: dict[str, Any] = {"lepton fp32": fp32.run, "lepton int8": int8.run, "onnxruntime fp32": ort_fp32,
-                             "onnxruntime int8": ort_int8}
+    tools: dict[str, Any] = {"lepton fp32": fp32.run, "lepton int8": int8.run, "lepton weight-int8": weights.run,
+                             "onnxruntime fp32": ort_fp32, "onnxruntime int8": ort_int8}
     if name.startswith("bert"):  # transformers: dynamic int8 too, Lepton's and onnxruntime's quantize_dynamic
         from onnxruntime.quantization import quantize_dynamic
 
@@ -181,6 +185,7 @@ def architecture(name: str, work: str, repeat: int, inner: int) -> dict[str, Any
         "compile_s": {"fp32": round(t1 - t0, 1), "int8": round(t2 - t1, 1)},
         "bytes": {"lepton fp32 so": os.path.getsize(os.path.join(fp32.path, "model.so")),
                   "lepton int8 so": os.path.getsize(os.path.join(int8.path, "model.so")),
+                  "lepton weight-int8 so": os.path.getsize(os.path.join(weights.path, "model.so")),
                   "lepton int8 opt.onnx": os.path.getsize(os.path.join(int8.path, "model.opt.onnx")),
                   "fp32 onnx": os.path.getsize(path), "onnxruntime int8 onnx": len(ort_q.SerializeToString()),
                   "lepton fp32 total": size(fp32.path), "lepton int8 total": size(int8.path)},
@@ -197,11 +202,13 @@ def tables(digit_rows: Sequence[Mapping[str, Any]], arch_rows: Sequence[Mapping[
             layers = f"{r['sites']} / {r['left_float']}" if tool == "lepton int8" else ""
             cos = f"{r['cosine'][tool]:.4f}" if tool in r["cosine"] else "1 (reference)"
             out.append(f"| {r['model']} | {tool} | {layers} | {cos} | {ms:.2f} |")
-    out += ["", "| model | Lepton .so fp32 / int8 MB | onnxruntime int8 .onnx / fp32 .onnx |", "|---|---|---|"]
+    out += ["", "| model | Lepton model.so fp32 / int8 / weight-int8 MB | int8 / fp32: Lepton model.so, Lepton artifact "
+            "(model.so + model.opt.onnx), onnxruntime .onnx |", "|---|---|---|"]
     for r in arch_rows:
         b = r["bytes"]
-        out.append(f"| {r['model']} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} | "
-                   f"{b['onnxruntime int8 onnx'] / b['fp32 onnx']:.2f} |")
+        out.append(f"| {r['model']} | {b['lepton fp32 so'] / 1e6:.1f} / {b['lepton int8 so'] / 1e6:.1f} / "
+                   f"{b['lepton weight-int8 so'] / 1e6:.1f} | {b['lepton int8 so'] / b['lepton fp32 so']:.2f}, "
+                   f"{b['lepton int8 total'] / b['lepton fp32 total']:.2f}, {b['onnxruntime int8 onnx'] / b['fp32 onnx']:.2f} |")
     return "\n".join(out)
 
 

@@ -106,8 +106,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     With `verify_inputs` the module is built afresh, neither from nor into the compile cache, so that its
     bundle holds the first given sample.
 
-    `quantize="dynamic"` quantizes Gemm/MatMul weights to int8 and their activations per call (no calibration; the
-    budget below is fitted where `validation` is given). `quantize="int8"` appends the `quantize` pass (static
+    `quantize="dynamic"` quantizes Gemm/MatMul weights to int8 and their activations per call, and
+    `quantize="weight-int8"` the weights of Conv/ConvTranspose/Gemm/MatMul only (activations stay float: a quarter
+    of the size); neither takes calibration data, and the budget below is fitted where `validation` is given. `quantize="int8"` appends the `quantize` pass (static
     int8, QDQ) to the pipeline, calibrated on `calibration`
     (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). The most sensitive
     layers return to float until the int8 verification policy holds on `validation` (same forms; default: the
@@ -240,22 +241,23 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
             raise UserError("calibration data, an accuracy budget or validation data were given without quantize=; "
                             "add quantize=\"int8\" (--quantize int8)")
         return None
-    if mode not in ("int8", "dynamic"):
+    if mode not in ("int8", "dynamic", "weight-int8"):
         raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated), "
-                        "dynamic (int8 Gemm/MatMul, activations quantized per call)")
+                        "dynamic (int8 Gemm/MatMul, activations quantized per call), weight-int8 (weights only)")
     policy_budget = Budget(((policy_metric(INT8), POLICY_GUARD),))  # what verification judges, with a guard band
     user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
     fitted = policy_budget if user_budget is None else user_budget & policy_budget
-    if mode == "dynamic":
+    if mode != "int8":  # dynamic, weight-int8: nothing to calibrate
         if calibration is not None:
-            raise UserError("quantize=\"dynamic\" takes no calibration data (activations are quantized per call); "
+            why = "activations are quantized per call" if mode == "dynamic" else "activations stay float"
+            raise UserError(f"quantize=\"{mode}\" takes no calibration data ({why}); "
                             "give validation= to fit the accuracy budget")
         if validation is None:
             if budget is not None:
                 raise UserError("an accuracy budget needs data to judge it on: give validation=")
-            return QuantizePlan("quantize{mode=dynamic}", {"progress": say}, [])
+            return QuantizePlan(f"quantize{{mode={mode}}}", {"progress": say}, [])
         held_out = list(Samples(graph, validation).all())
-        return QuantizePlan("quantize{mode=dynamic}", {"progress": say, "validation": held_out, "accuracy_budget": fitted},
+        return QuantizePlan(f"quantize{{mode={mode}}}", {"progress": say, "validation": held_out, "accuracy_budget": fitted},
                             held_out[:VERIFY_BATCHES])
     if calibration is None:
         raise UserError("quantize=\"int8\" needs calibration data: calibration= a dict of arrays by input name, an "

@@ -261,7 +261,7 @@ def test_random_graphs_without_sites_are_unchanged_and_with_sites_stay_valid(mod
     assert again.stats["already_quantized"] == len(sites) and again.stats["left_float"] == result.stats["left_float"]
 
 
-@given(fusion_chains(), st.sampled_from(["int8", "dynamic"]))
+@given(fusion_chains(), st.sampled_from(["int8", "dynamic", "weight-int8"]))
 @SLOW
 def test_fusion_chains_keep_cosine_similarity_after_quantization(chain, mode):
     g, result = quantized(chain.model, [chain.feeds], mode=mode)
@@ -282,6 +282,67 @@ def test_dynamic_mode_quantizes_gemm_and_matmul_per_call_without_calibration():
     assert "conv1 stays float: dynamic quantization takes Gemm/MatMul with a constant weight" in result.notes
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     assert cosine([run_model(model, feeds)], [run_model(lepton_ir.to_onnx(g), feeds)]) >= 0.99
+
+
+def test_weight_only_mode_quantizes_every_constant_weight_and_no_activation():
+    model, _ = cnn()
+    g = lepton_ir.load(model)
+    result = Quantize(mode="weight-int8").run(g, PassContext())  # no calibration data
+    assert result.stats == {"sites": 3, "activations": 0, "weights": 3, "per_channel_weights": 3, "left_float": 0}
+    assert not any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") for n in g)
+    for name in ("conv1", "conv2", "head"):
+        node = next(n for n in g if n.name == name)
+        assert node.inputs[0].producer is None or node.inputs[0].producer.op_type != "DequantizeLinear"
+        w = node.inputs[1].producer
+        assert w.op_type == "DequantizeLinear" and w.inputs[0].const_value.numpy().dtype == np.int8
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert cosine([run_model(model, feeds)], [run_model(lepton_ir.to_onnx(g), feeds)]) >= 0.999
+
+
+def test_weight_only_mode_leaves_activation_products_float():
+    n = Net(node_names=True)
+    q, k = n.input(2, 3, 4, name="q"), n.input(2, 4, 5, name="k")
+    g = lepton_ir.load(n.model(n.op("MatMul", q, k, name="scores")))
+    result = Quantize(mode="weight-int8").run(g, PassContext())
+    assert not result.modified
+    assert "scores stays float: weight-only quantization takes a constant weight" in result.notes
+
+
+@pytest.mark.parametrize("mode", ["weight-int8", "dynamic", "int8"])
+def test_embedding_tables_are_quantized_per_row_and_small_or_activation_gathers_are_not(mode):
+    n = Net(node_names=True)
+    ids = n.input(2, 5, name="ids", dtype=np.int64, values=np.random.default_rng(0).integers(0, 100, (2, 5)))
+    table = n.rand(100, 64)
+    emb = n.op("Gather", table, ids, name="embed")
+    small = n.op("Gather", n.rand(10, 8), n.op("Mod", ids, n.const(10, np.int64)), name="small")
+    shape = n.op("Gather", n.op("Shape", emb), n.const(0, np.int64), name="dim")
+    y = n.op("Concat", n.op("MatMul", emb, n.rand(64, 8), name="proj"), small, axis=-1)
+    model = n.model(y, shape)
+    g = lepton_ir.load(model)
+    result = Quantize(mode=mode).run(g, PassContext(data={"calibration": [n.feeds]}))
+    embed = next(node for node in g if node.name == "embed")
+    dq = embed.inputs[0].producer
+    assert dq.op_type == "DequantizeLinear" and dq.attr("axis") == 0
+    assert dq.inputs[0].const_value.numpy().dtype == np.int8 and dq.inputs[1].const_value.shape == (100,)
+    assert next(node for node in g if node.name == "small").inputs[0].producer is None  # a small table stays float
+    assert next(node for node in g if node.name == "dim").inputs[0].producer.op_type == "Shape"
+    assert result.stats["weights"] == 2  # the table and proj's weight
+    ref, got = run_model(model, n.feeds), run_model(lepton_ir.to_onnx(g), n.feeds)
+    assert cosine([ref], [got]) >= 0.999
+    assert not Quantize(mode=mode).run(g, PassContext(data={"calibration": [n.feeds]})).modified  # never twice
+
+
+def test_fused_attention_packed_projection_is_a_matmul_site():
+    n = Net(node_names=True)
+    x = n.input(1, 4, 8, name="x")
+    y = n.op("Attention", x, n.rand(8, 24), n.rand(24), name="attn", domain="com.microsoft", num_heads=2)
+    model = n.model(y, shapes={y: [1, 4, 8]})
+    g = lepton_ir.load(model)
+    result = Quantize(mode="weight-int8").run(g, PassContext())
+    w = next(node for node in g if node.name == "attn").inputs[1].producer
+    assert result.stats["sites"] == 1 and w.op_type == "DequantizeLinear" and w.attr("axis") == 1
+    assert w.inputs[1].const_value.shape == (24,)  # one scale per packed Q/K/V column
+    assert cosine([run_model(model, n.feeds)], [run_model(lepton_ir.to_onnx(g), n.feeds)]) >= 0.999
 
 
 def test_excluded_nodes_stay_float_and_are_listed():

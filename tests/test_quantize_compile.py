@@ -54,6 +54,22 @@ def test_int8_digits_cnn_keeps_accuracy_and_matches_its_quantized_graph(digits, 
     np.testing.assert_allclose(got, ort, atol=0.05 * float(np.abs(ort).max()))  # a step at most on near-ties
 
 
+def test_weight_only_int8_digits_cnn_keeps_accuracy_with_int8_weights_in_the_library(digits, tmp_path):
+    c = lepton.compile(DEMO, "x86", quantize="weight-int8", validation=batches(digits["train_images"], count=2),
+                       output_dir=tmp_path / "art")
+    assert c.manifest.policy.name == "int8" and c.verify_report is not None and c.verify_report.ok
+    stats = next(p for p in c.passes if p["pass"] == "quantize")["stats"]
+    assert stats["sites"] == 4 and stats["activations"] == 0
+    graph = onnx.load(tmp_path / "art" / "model.opt.onnx")
+    assert not any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+    test = {"image": digits["test_images"]}
+    fp32 = accuracy(run_model(onnx.load(DEMO), test)["logits"], digits["test_labels"])
+    assert accuracy(c.run(test)["logits"], digits["test_labels"]) >= fp32 - 0.005
+    np.testing.assert_allclose(c.run(test)["logits"], run_model(graph, test)["logits"], rtol=1e-4, atol=1e-4)
+    stored = next(p for p in c.passes if p["pass"] == "codegen:integer-weights")["stats"]
+    assert stored["bytes"] * 4 == stored["float32_bytes"]  # the weights the library holds are int8
+
+
 def test_a_pipeline_that_places_quantize_itself_gets_no_second_one(digits):
     import targets
 
@@ -63,7 +79,7 @@ def test_a_pipeline_that_places_quantize_itself_gets_no_second_one(digits):
     assert len(runs) == 1 and runs[0]["stats"]["sites"] + runs[0]["stats"]["left_float"] == 4
 
 
-@pytest.mark.parametrize("mode", ["int8", "dynamic"])
+@pytest.mark.parametrize("mode", ["int8", "dynamic", "weight-int8"])
 def test_int8_digits_transformer_keeps_accuracy(mode, digits):
     model = os.path.join(os.path.dirname(DEMO), "digits_transformer.onnx")
     data = {"calibration": batches(digits["train_images"])} if mode == "int8" else {}
@@ -81,8 +97,9 @@ def test_quantize_options_that_do_not_fit_together_are_user_errors(digits):
         lepton.compile(DEMO, "x86", quantize="int8")
     with pytest.raises(UserError, match="unknown quantization mode"):
         lepton.compile(DEMO, "x86", quantize="int3", calibration={"image": digits["train_images"][:8]})
-    with pytest.raises(UserError, match="takes no calibration"):
-        lepton.compile(DEMO, "x86", quantize="dynamic", calibration={"image": digits["train_images"][:8]})
+    for mode in ("dynamic", "weight-int8"):
+        with pytest.raises(UserError, match="takes no calibration"):
+            lepton.compile(DEMO, "x86", quantize=mode, calibration={"image": digits["train_images"][:8]})
     with pytest.raises(UserError, match="one-shot iterator"):
         lepton.compile(DEMO, "x86", quantize="int8", calibration=iter(batches(digits["train_images"], count=2)))
 

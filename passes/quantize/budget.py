@@ -26,7 +26,7 @@ import onnx
 import lepton_ir
 from lepton_ir import Graph, UserError
 from passes.ort import session
-from passes.quantize.sites import Activations, Site, apply, find_sites
+from passes.quantize.sites import Activations, Scope, Site, apply, find_sites
 
 Outputs = list[dict[str, np.ndarray]]
 Metric = Callable[[Outputs, Outputs], float]
@@ -112,11 +112,11 @@ def fit(
     budget: Budget,
     validation: Sequence[Mapping[str, np.ndarray]],
     exclude: Sequence[str] = (),
-    dynamic: bool = False,
+    scope: Scope = "static",
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[Site], dict[str, str], list[str]]:
     """The sites to quantize, the ones returned to float (name -> why), and notes on what was reached.
-    `sites` are `find_sites(graph, exclude, dynamic=dynamic)`, in its order."""
+    `sites` are `find_sites(graph, exclude, scope=scope)`, in its order."""
     if not validation:
         raise UserError("the accuracy budget needs validation data: give validation= (a list of feed dicts)")
     say = progress or (lambda _m: None)
@@ -125,7 +125,7 @@ def fit(
 
     def trial(left_float: frozenset[int]) -> float:
         copy = lepton_ir.load(lepton_ir.to_onnx(graph))
-        copy_sites, _ = find_sites(copy, exclude, dynamic=dynamic)
+        copy_sites, _ = find_sites(copy, exclude, scope=scope)
         apply(copy, [s for k, s in enumerate(copy_sites) if k not in left_float], activations)
         return budget.score(reference, _outputs(lepton_ir.to_onnx(copy), validation))
 

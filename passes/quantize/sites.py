@@ -1,9 +1,9 @@
 """Quantization sites and the QDQ rewrite of the `quantize` pass (`passes.quantize.static`).
 
 What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and the codegen both read):
-- Sites are the weighted ops: Conv, ConvTranspose, Gemm, MatMul and Lepton's fused Conv/Gemm +
-  activation ops (they stay fused). A site is left float when its name matches an `exclude` glob,
-  when its operands are not float32, or when the accuracy budget returns it (`passes.quantize.budget`);
+- Sites are the weighted ops: Conv, ConvTranspose, Gemm, MatMul, Lepton's fused Conv/Gemm +
+  activation ops (they stay fused) and com.microsoft Attention (its packed Q/K/V projection, a
+  MatMul). A site is left float when its name matches an `exclude` glob, when its operands are not float32, or when the accuracy budget returns it (`passes.quantize.budget`);
   a node that already reads a DequantizeLinear (a model quantized before, by Lepton or onnxruntime)
   is left as it is, so quantizing twice changes nothing.
 - Each float32 activation a site reads goes through one `QuantizeLinear -> DequantizeLinear` pair
@@ -13,6 +13,10 @@ What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and 
 - Each constant float32 weight becomes an int8 initializer read by a `DequantizeLinear`: symmetric,
   per output channel (Conv axis 0, ConvTranspose axis 1 when group is 1, Gemm by transB, MatMul the
   last axis) at opset >= 13, else per tensor. Biases stay float32.
+- A Gather of a large constant float32 table (an embedding, `MIN_TABLE` elements or more) reads it as
+  int8 codes through a `DequantizeLinear`, per gathered slice (one scale per row) at opset >= 13, in
+  every scope; its output stays float32. Gathers of activations (shape arithmetic) are not sites.
+- Weight-only (`scope="weights"`): the weights as above, every activation stays float32.
 - Graph outputs are never quantized; nothing else changes. A graph with no site is left untouched
   (`modified` false) and calibration does not run.
 """
@@ -40,13 +44,20 @@ ALREADY = "already quantized (it reads a DequantizeLinear)"
 """The reason `find_sites` gives for a weighted node quantized before: not a node left float."""
 
 
+#: A Gather of a constant float table with at least this many elements is quantized (an embedding table:
+#: weights only, its output stays float); smaller tables and Gathers of activations are not sites.
+MIN_TABLE = 4096
+
+
 @dataclass(frozen=True)
 class Site:
-    """One node to quantize: which of its inputs are activations, and its constant weight (input 1) if any."""
+    """One node to quantize: which of its inputs are activations, and its constant weight (input
+    `weight_input`: 1, or 0 for a Gather's table) if any."""
 
     node: Node
     activations: tuple[int, ...]
-    weight_axis: int | None | Literal["none"]  # "none": input 1 is not a constant weight
+    weight_axis: int | None | Literal["none"]  # "none": the node has no constant weight
+    weight_input: int = 1
 
 
 def kind(node: Node) -> str | None:
@@ -55,12 +66,18 @@ def kind(node: Node) -> str | None:
         return node.op_type
     if node.domain == DOMAIN and node.op_type in FUSED_OPS:
         return FUSED_OPS[node.op_type][0]
+    if node.domain == "com.microsoft" and node.op_type == "Attention":  # `fuse-attention`'s packed projection
+        return "MatMul"  # x [..., H] @ W [H, 3H]: weight input 1, one scale per output column
     return None
 
 
-def find_sites(graph: Graph, exclude: Iterable[str] = (), *, dynamic: bool = False) -> tuple[list[Site], dict[str, str]]:
-    """The sites of the main graph in graph order, and the weighted nodes left float with the reason.
-    `dynamic`: only Gemm/MatMul with a constant weight (dynamic quantization's sites)."""
+Scope = Literal["static", "dynamic", "weights"]
+"""What is quantized: activations and weights (static int8), Gemm/MatMul with a constant weight and activations
+per call (dynamic), or constant weights only, activations staying float (weight-only)."""
+
+
+def find_sites(graph: Graph, exclude: Iterable[str] = (), *, scope: Scope = "static") -> tuple[list[Site], dict[str, str]]:
+    """The sites of the main graph in graph order, and the weighted nodes left float with the reason (`Scope`)."""
     patterns = tuple(exclude)
     per_channel = graph.opset_imports.get("", 1) >= 13
     sites: list[Site] = []
@@ -68,6 +85,9 @@ def find_sites(graph: Graph, exclude: Iterable[str] = (), *, dynamic: bool = Fal
     for node in graph:
         op = kind(node)
         if op is None:
+            table = _table_site(graph, node, patterns, per_channel)
+            if table is not None:
+                sites.append(table)
             continue
         if any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
             skipped[node.name] = "excluded"
@@ -85,14 +105,34 @@ def find_sites(graph: Graph, exclude: Iterable[str] = (), *, dynamic: bool = Fal
             skipped[node.name] = "its second operand is not float32"
             continue
         weight = constant_value(graph, w)
-        if dynamic and (op not in ("Gemm", "MatMul") or weight is None):
+        if scope == "dynamic" and (op not in ("Gemm", "MatMul") or weight is None):
             skipped[node.name] = "dynamic quantization takes Gemm/MatMul with a constant weight"
+            continue
+        if scope == "weights" and weight is None:
+            skipped[node.name] = "weight-only quantization takes a constant weight"
             continue
         if weight is None:
             sites.append(Site(node, (0, 1), "none"))  # activation x activation (attention scores)
             continue
-        sites.append(Site(node, (0,), _weight_axis(node, op, weight.ndim) if per_channel else None))
+        axis = _weight_axis(node, op, weight.ndim) if per_channel else None
+        sites.append(Site(node, () if scope == "weights" else (0,), axis))
     return sites, skipped
+
+
+def _table_site(graph: Graph, node: Node, patterns: tuple[str, ...], per_channel: bool) -> Site | None:
+    """The site of a Gather reading a large constant float32 table (an embedding), quantized per gathered
+    slice (one scale per row of an embedding) at opset >= 13; None for any other node, an excluded one, or a
+    table quantized before."""
+    if node.domain or node.op_type != "Gather" or any(fnmatch.fnmatchcase(node.name, p) for p in patterns):
+        return None
+    table = node.inputs[0]
+    if table is None or table.dtype != T.FLOAT:
+        return None
+    value = constant_value(graph, table)
+    if value is None or value.ndim < 2 or value.size < MIN_TABLE:
+        return None
+    axis = int(node.attr("axis", 0)) % value.ndim
+    return Site(node, (), axis if per_channel else None, weight_input=0)
 
 
 def _weight_axis(node: Node, op: str, rank: int) -> int | None:
@@ -143,7 +183,7 @@ def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict
                                                                                                    activations.kind))
                 stats["activations"] += 1
         if s.weight_axis != "none":
-            w = node.inputs[1]
+            w = node.inputs[s.weight_input]
             assert w is not None
             key = (id(w), s.weight_axis)
             if key not in weights:
@@ -160,7 +200,7 @@ def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict
         for i in s.activations:
             rw.set_input(node, i, dq[id(node.inputs[i])])
         if s.weight_axis != "none":
-            rw.set_input(node, 1, weights[(id(node.inputs[1]), s.weight_axis)])
+            rw.set_input(node, s.weight_input, weights[(id(node.inputs[s.weight_input]), s.weight_axis)])
         stats["sites"] += 1
     return stats
 

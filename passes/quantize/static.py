@@ -1,4 +1,4 @@
-"""`quantize`: static int8 quantization in QDQ form, calibrated on user data, or dynamic int8.
+"""`quantize`: static int8 quantization in QDQ form, calibrated on user data, dynamic int8, or weight-only int8.
 
 The pass finds the sites (`passes.quantize.sites`), calibrates the activations they read
 (`passes.quantize.calibrate`), fits the accuracy budget when one is given (`passes.quantize.budget`),
@@ -18,24 +18,26 @@ from passes.base import Pass, PassContext, PassResult, register
 from passes.quantize.budget import Budget, fit
 from passes.quantize.calibrate import CalibrationError, Method, calibrate
 from passes.quantize.params import ActivationType
-from passes.quantize.sites import ALREADY, Activations, activation_names, apply, find_sites
+from passes.quantize.sites import ALREADY, Activations, Scope, activation_names, apply, find_sites
 
 
 @register
 @dataclass(frozen=True)
 class Quantize(Pass):
     """Static int8 QDQ quantization of Conv/ConvTranspose/Gemm/MatMul (fused ones included), or with
-    `mode=dynamic` dynamic int8 of Gemm/MatMul with constant weights (activations quantized per call).
+    `mode=dynamic` dynamic int8 of Gemm/MatMul with constant weights (activations quantized per call), or with
+    `mode=weight-int8` their constant weights only (activations stay float: a model a quarter the size).
 
     Data in `ctx.data`: `calibration` (an iterable of feed dicts, one batch each; needed in int8 mode when there is
     something to quantize), `accuracy_budget` (a `Budget` or its text, e.g. `cos=0.99`) with `validation`
     (a sequence of feed dicts to judge it on), and `progress` (a callable taking a message)."""
 
     name: ClassVar[str] = "quantize"
-    summary: ClassVar[str] = "int8 quantization (QDQ): static (calibrated) of Conv/Gemm/MatMul, or dynamic of Gemm/MatMul"
+    summary: ClassVar[str] = ("int8 quantization (QDQ): static (calibrated) of Conv/Gemm/MatMul, dynamic of Gemm/MatMul, "
+                              "or of their weights only")
     repeat: ClassVar[bool] = False
 
-    mode: Literal["int8", "dynamic"] = "int8"
+    mode: Literal["int8", "dynamic", "weight-int8"] = "int8"
     activations: ActivationType = "uint8"
     method: Method = "minmax"
     percentile: float = 99.99
@@ -44,13 +46,13 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> PassResult:
         opset = graph.opset_imports.get("", 1)
         if opset < 10 or (self.mode == "dynamic" and opset < 11):
-            raise UserError(f"quantize{{mode={self.mode}}} needs opset >= {10 if self.mode == 'int8' else 11} "
+            raise UserError(f"quantize{{mode={self.mode}}} needs opset >= {11 if self.mode == 'dynamic' else 10} "
                             f"(QuantizeLinear, DynamicQuantizeLinear); the model is at opset {opset}: convert it with "
                             "onnx.version_converter first")
         if not 50.0 < self.percentile <= 100.0:
             raise UserError(f"quantize: percentile={self.percentile:g} must be in (50, 100]")
-        dynamic = self.mode == "dynamic"
-        sites, skipped = find_sites(graph, self.exclude, dynamic=dynamic)
+        scope: Scope = {"int8": "static", "dynamic": "dynamic", "weight-int8": "weights"}[self.mode]
+        sites, skipped = find_sites(graph, self.exclude, scope=scope)
         already = [name for name, why in skipped.items() if why == ALREADY]
         for name in already:
             del skipped[name]
@@ -58,7 +60,9 @@ class Quantize(Pass):
         if not sites:
             return PassResult(False, {"sites": 0, "left_float": len(skipped), **counts}, notes=_notes(skipped, already))
         progress = ctx.data.get("progress")
-        if dynamic:
+        if scope == "weights":
+            activations = Activations({})  # no site reads an activation
+        elif scope == "dynamic":
             activations = Activations(None)
         else:
             data = ctx.data.get("calibration")
@@ -75,7 +79,7 @@ class Quantize(Pass):
         if budget is not None:
             budget = Budget.parse(budget) if isinstance(budget, str) else budget
             sites, returned, notes = fit(graph, sites, activations, budget, ctx.data.get("validation") or (),
-                                         self.exclude, dynamic, progress)
+                                         self.exclude, scope, progress)
             skipped.update(returned)
         stats = apply(graph, sites, activations)
         stats["left_float"] = len(skipped)
