@@ -80,7 +80,7 @@ def compile_cmd(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="do not check the module against onnxruntime")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="build even if the compile cache has this build")] = False,
     bisect: Annotated[bool, typer.Option("--bisect", help="first check the graph after every pass against onnxruntime; stop at the first that breaks it")] = False,
-    quantize: Annotated[str | None, typer.Option("--quantize", help="int8 (static, calibrated; needs --calibration), dynamic (int8 Gemm/MatMul, activations per call) or weight-int8 (int8 weights, float activations)")] = None,
+    quantize: Annotated[str | None, typer.Option("--quantize", help="int8 (static, calibrated; needs --calibration), dynamic (int8 Gemm/MatMul, activations per call), weight-int8 (int8 weights, float activations) or weight-int4 (int4 weights in blocks of 64)")] = None,
     calibration: Annotated[list[str] | None, typer.Option("--calibration", help="calibration batch: .npz of arrays by input name (repeatable)")] = None,
     budget: Annotated[str | None, typer.Option("--budget", help="accuracy budget for --quantize, e.g. cos=0.99 or top1=0.99")] = None,
     validation: Annotated[list[str] | None, typer.Option("--validation", help="held-out batch (.npz) to judge the budget and verify on (repeatable; default: the calibration data)")] = None,

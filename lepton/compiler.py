@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 import lepton_ir
 import targets
@@ -46,6 +47,7 @@ from passes.base import parse_pipeline
 from passes.lowering.quantized import is_quantized
 from passes.quantize import Quantize
 from passes.quantize.budget import Budget
+from passes.quantize.static import DEFAULT_BLOCK, INT4_IR, INT4_OPSET
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
@@ -107,8 +109,10 @@ def compile(  # noqa: A001 - the public name the issue asks for
     bundle holds the first given sample.
 
     `quantize="dynamic"` quantizes Gemm/MatMul weights to int8 and their activations per call, and
-    `quantize="weight-int8"` the weights of Conv/ConvTranspose/Gemm/MatMul only (activations stay float: a quarter
-    of the size); neither takes calibration data, and the budget below is fitted where `validation` is given. `quantize="int8"` appends the `quantize` pass (static
+    `quantize="weight-int8"` the weights of Conv/ConvTranspose/Gemm/MatMul (and embedding tables) only (activations
+    stay float: a quarter of the size), `quantize="weight-int4"` those weights as int4 in blocks of 64 along the
+    reduction axis (an eighth of the size plus a scale per block; a model below opset 21 is converted to opset 21
+    first); none of these takes calibration data, and the budget below is fitted where `validation` is given. `quantize="int8"` appends the `quantize` pass (static
     int8, QDQ) to the pipeline, calibrated on `calibration`
     (a dict of arrays by input name, an .npz path, or an iterable of those: one batch each). The most sensitive
     layers return to float until the int8 verification policy holds on `validation` (same forms; default: the
@@ -125,6 +129,9 @@ def compile(  # noqa: A001 - the public name the issue asks for
     reference = lepton_ir.to_onnx(graph)
     prequantized = is_quantized(graph)  # quantized before (QDQ or QOperator): judged by the int8 policy
     plan = quantize_plan(graph, quantize, calibration, accuracy_budget, validation, say)
+    compile_notes: list[str] = []
+    if quantize == "weight-int4":
+        graph, compile_notes = _opset_at_least(graph, INT4_OPSET, "int4 weights and blocked DequantizeLinear", say)
     if plan is not None:
         pipeline = passes if passes is not None else tgt.pipeline
         if not any(isinstance(p, Quantize) for p in parse_pipeline(pipeline)):  # unless `passes` places it itself
@@ -173,7 +180,7 @@ def compile(  # noqa: A001 - the public name the issue asks for
         lib = export(executable, tgt, work)
         lepton_ir.save(graph, os.path.join(work, "model.opt.onnx"))
         sig = signature(graph)
-        notes = codegen_notes + list(lib.notes)
+        notes = compile_notes + codegen_notes + list(lib.notes)
         if bundle or verify:
             say("running onnxruntime for the verification bundle")
             feeds = samples.first({t.name: t.shape for t in sig.inputs}, guess_shapes=not verify)
@@ -233,6 +240,10 @@ VERIFY_BATCHES = 4
 reads all of them, so they are held in memory."""
 
 
+#: The quantization modes `compile(quantize=)` takes (the `quantize` pass's `mode`).
+MODES = ("int8", "dynamic", "weight-int8", "weight-int4")
+
+
 def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None, budget: str | Budget | None,
                   validation: InputsLike | None, say: Progress) -> QuantizePlan | None:
     """The quantize step of a compile, or None without `mode`; UserError for options that do not fit together."""
@@ -241,13 +252,14 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
             raise UserError("calibration data, an accuracy budget or validation data were given without quantize=; "
                             "add quantize=\"int8\" (--quantize int8)")
         return None
-    if mode not in ("int8", "dynamic", "weight-int8"):
+    if mode not in MODES:
         raise UserError(f"unknown quantization mode {mode!r}; Lepton quantizes to: int8 (static, calibrated), "
-                        "dynamic (int8 Gemm/MatMul, activations quantized per call), weight-int8 (weights only)")
+                        "dynamic (int8 Gemm/MatMul, activations quantized per call), weight-int8 (weights only), "
+                        f"weight-int4 (weights only, int4 in blocks of {DEFAULT_BLOCK})")
     policy_budget = Budget(((policy_metric(INT8), POLICY_GUARD),))  # what verification judges, with a guard band
     user_budget = Budget.parse(budget) if isinstance(budget, str) else budget
     fitted = policy_budget if user_budget is None else user_budget & policy_budget
-    if mode != "int8":  # dynamic, weight-int8: nothing to calibrate
+    if mode != "int8":  # dynamic, weight-only: nothing to calibrate
         if calibration is not None:
             why = "activations are quantized per call" if mode == "dynamic" else "activations stay float"
             raise UserError(f"quantize=\"{mode}\" takes no calibration data ({why}); "
@@ -269,6 +281,24 @@ def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None
     data = {"progress": say, "calibration": Samples(graph, calibration).all(), "validation": held_out,
             "accuracy_budget": fitted}
     return QuantizePlan("quantize{mode=int8}", data, held_out[:VERIFY_BATCHES])
+
+
+def _opset_at_least(graph: Graph, opset: int, needs: str, say: Progress) -> tuple[Graph, list[str]]:
+    """`graph`, converted by onnx's version converter to `opset` where it is older, and the note that says so;
+    UserError when the converter fails."""
+    have = graph.opset_imports.get("", 1)
+    if have >= opset:
+        return graph, []
+    say(f"converting the model from opset {have} to {opset} ({needs} need it)")
+    try:
+        converted = onnx.version_converter.convert_version(lepton_ir.to_onnx(graph), opset)
+    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors naming the op it has no adapter for
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{needs} need opset >= {opset}, and onnx's version converter could not convert the model "
+                        f"from opset {have}: {first}; convert it yourself, or quantize with weight-int8") from None
+    converted.ir_version = max(converted.ir_version, INT4_IR)
+    return lepton_ir.load(converted), [f"converted from opset {have} to {opset} by onnx's version converter ({needs} "
+                                       f"need opset {opset})"]
 
 
 def _quantized(log: PipelineResult) -> bool:

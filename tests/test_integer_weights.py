@@ -115,3 +115,42 @@ def test_weights_shared_by_two_consumers_are_lifted_once(tmp_path, seed):
     q = lepton.compile(model, "x86", use_cache=False, output_dir=str(tmp_path / "q"))
     assert _integer_note(q)["stats"]["tensors"] == 1
     np.testing.assert_allclose(_run(q, n.feeds)[0], next(iter(run_model(model, n.feeds).values())), **FP32)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_blocked_int4_weights_are_stored_two_to_a_byte(signed, tmp_path):
+    """A blocked int4 (uint4 with zero points) MatMul weight: the library holds half a byte per weight (it is
+    well under the int8 size), and the module computes what onnxruntime's unoptimized reference does."""
+    import ml_dtypes
+
+    rows, cols, block = 2047, 511, 128  # an odd element count: the last byte holds one nibble
+    rng = np.random.default_rng(5)
+    dtype, lo, hi = (ml_dtypes.int4, -8, 8) if signed else (ml_dtypes.uint4, 0, 16)
+    n = Net(opset=21, seed=5)
+    blocks = -(-rows // block)
+    inputs = [n.const(rng.integers(lo, hi, size=(rows, cols)), dtype), n.const(rng.uniform(0.01, 0.1, size=(blocks, cols)))]
+    if not signed:
+        inputs.append(n.const(rng.integers(lo, hi, size=(blocks, cols)), dtype))
+    x = n.input(2, rows)
+    y = n.op("MatMul", x, n.op("DequantizeLinear", *inputs, axis=0, block_size=block))
+    model = n.model(y)
+    model.ir_version = 10
+    c = lepton.compile(model, "x86", use_cache=False, output_dir=tmp_path / "art")
+    assert c.verify_report is not None and c.verify_report.ok
+    stored = next(p for p in c.passes if p["pass"] == "codegen:integer-weights")["stats"]
+    assert stored["bytes"] == (rows * cols + 1) // 2 + (0 if signed else (blocks * cols + 1) // 2) * (blocks * cols >= weights.MIN_BYTES)
+    assert os.path.getsize(tmp_path / "art" / "model.so") < rows * cols * 0.75  # int8 would be rows * cols bytes
+    np.testing.assert_allclose(c.run(n.feeds)[y], run_model(model, n.feeds)[y], rtol=1e-4, atol=1e-4)
+
+
+def test_nibble_packing_round_trips():
+    rng = np.random.default_rng(0)
+    for dtype, lo, hi in ((np.int8, -8, 8), (np.uint8, 0, 16)):
+        a = rng.integers(lo, hi, size=(3, 5, 7)).astype(dtype)  # 105 elements: odd
+        packed = weights.pack_nibbles(a)
+        assert packed.dtype == np.uint8 and packed.size == 53
+        low, high = packed & 0xF, packed >> 4
+        flat = np.stack([low, high], axis=1).reshape(-1)[: a.size].astype(np.int16)
+        if dtype == np.int8:
+            flat = np.where(flat >= 8, flat - 16, flat)
+        np.testing.assert_array_equal(flat.reshape(a.shape), a)

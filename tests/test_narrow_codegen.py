@@ -113,6 +113,55 @@ def test_quantize_dequantize(name: str) -> None:
     _equal(got_y, want_y)
 
 
+_BLOCKED = {"int8": T.INT8, "uint8": T.UINT8, "int4": T.INT4, "uint4": T.UINT4, "int16": T.INT16}
+
+
+@pytest.mark.parametrize("name, block, zero_point", [
+    ("int8", 4, True), ("int8", 3, False), ("int4", 4, True), ("int4", 5, False), ("uint4", 5, True), ("uint8", 10, True),
+    ("int16", 16, False),
+])
+def test_blocked_dequantize_matches_onnx(name: str, block: int, zero_point: bool) -> None:
+    """Blocked DequantizeLinear (the int4 weight-only form) as ONNX defines it, the codes a graph input and a
+    constant; 10 is not a multiple of 3, 4 or 16, so the last block is short (or the only one)."""
+    dt = np.dtype(getattr(ml_dtypes, name, None) or name)
+    info = ml_dtypes.iinfo(dt)
+    rng = np.random.default_rng(block)
+    blocks = -(-10 // block)
+    w = rng.integers(int(info.min), int(info.max) + 1, size=(6, 10)).astype(dt)
+    scale = rng.uniform(0.01, 0.1, size=(6, blocks)).astype(np.float32)
+    zp = rng.integers(int(info.min), int(info.max) + 1, size=(6, blocks)).astype(dt)
+    dq_inputs = ["w", "s", "zp"] if zero_point else ["w", "s"]
+    nodes = [oh.make_node("DequantizeLinear", dq_inputs, ["y"], axis=1, block_size=block),
+             oh.make_node("DequantizeLinear", ["wc", "s"], ["yc"], axis=1, block_size=block)]
+    inits = [onnx.numpy_helper.from_array(w, "wc")]
+    m = _model(nodes, [oh.make_tensor_value_info(n, t, sh) for n, t, sh in
+                       [("w", _BLOCKED[name], [6, 10]), ("s", T.FLOAT, [6, blocks])] + ([("zp", _BLOCKED[name], [6, blocks])] if zero_point else [])],
+               [oh.make_tensor_value_info("y", T.FLOAT, [6, 10]), oh.make_tensor_value_info("yc", T.FLOAT, [6, 10])], opset=21)
+    m.graph.initializer.extend(inits)
+    feeds = {"w": w, "s": scale, **({"zp": zp} if zero_point else {})}
+    want = ReferenceEvaluator(m).run(None, feeds)
+    for got, exp in zip(_run(m, feeds), want, strict=True):
+        np.testing.assert_allclose(got, exp, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", ["uint8", "int4"])
+def test_blocked_quantize_matches_onnx(name: str) -> None:
+    dt = np.dtype(getattr(ml_dtypes, name, None) or name)
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4, 7)) * 3).astype(np.float32)
+    x[0, :3] = [0.5, 1.5, -2.5]  # ties round half to even
+    scale = np.array([[1.0, 0.05]] * 4, np.float32)
+    zp = np.array([[1, 2]] * 4).astype(dt)
+    m = _model([oh.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1, block_size=4)],
+               [oh.make_tensor_value_info("x", T.FLOAT, [4, 7]), oh.make_tensor_value_info("s", T.FLOAT, [4, 2]),
+                oh.make_tensor_value_info("zp", _BLOCKED[name], [4, 2])],
+               [oh.make_tensor_value_info("q", _BLOCKED[name], [4, 7])], opset=21)
+    feeds = {"x": x, "s": scale, "zp": zp}
+    (want,) = ReferenceEvaluator(m).run(None, feeds)
+    (got,) = _run(m, feeds)
+    _equal(got, want)
+
+
 def test_narrow_arithmetic_is_reported_unsupported() -> None:
     m = _model([oh.make_node("Transpose", ["x"], ["y"], perm=[1, 0])], [oh.make_tensor_value_info("x", T.INT4, [2, 3])],
                [oh.make_tensor_value_info("y", T.INT4, [3, 2])])

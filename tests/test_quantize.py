@@ -23,7 +23,8 @@ from passes.ort import run_model
 from passes.quantize import Quantize
 from passes.quantize.budget import Budget, cosine, top1
 from passes.quantize.calibrate import BINS, CalibrationError, Observer, calibrate, kl_threshold
-from passes.quantize.params import activation_params, dequantize, quantize, quantize_weight, weight_params
+from passes.quantize.params import (activation_params, block_weight_params, dequantize, quantize, quantize_block_weight,
+                                    quantize_weight, weight_params)
 from passes.quantize.sites import find_sites
 
 SLOW = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -297,6 +298,48 @@ def test_weight_only_mode_quantizes_every_constant_weight_and_no_activation():
         assert w.op_type == "DequantizeLinear" and w.inputs[0].const_value.numpy().dtype == np.int8
     feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
     assert cosine([run_model(model, feeds)], [run_model(lepton_ir.to_onnx(g), feeds)]) >= 0.999
+
+
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, max_side=40),
+                  elements=st.floats(-100, 100, width=32)), st.integers(0, 1), st.sampled_from([2, 3, 16, 32]))
+@settings(deadline=None, max_examples=60)
+def test_int4_blocks_cover_their_range_and_beat_unclipped_scales(w, axis, block):
+    """Codes stay in [-7, 7]; inside each block's representable range the error is at most half a step; and the
+    clipping search never does worse than the plain max|w| / 7 scale of each block."""
+    codes, p = quantize_block_weight(w, axis, block)
+    assert codes.dtype.name == "int4" and p.scale.shape[axis] == -(-w.shape[axis] // block)
+    q = codes.astype(np.int8)
+    assert q.min() >= -7 and q.max() <= 7
+    back = dequantize(codes, p)
+    step = np.take(np.repeat(p.scale, block, axis=axis), np.arange(w.shape[axis]), axis=axis)
+    inside = np.abs(w) <= 7 * step
+    assert (np.abs(back - w)[inside] <= step[inside] / 2 * (1 + 1e-5) + 1e-30).all()
+    import passes.quantize.params as params
+    saved = params.CLIP_RATIOS
+    try:
+        params.CLIP_RATIOS = np.array([1.0], np.float32)
+        unclipped = dequantize(*quantize_block_weight(w, axis, block))
+    finally:
+        params.CLIP_RATIOS = saved
+    assert float(((back - w) ** 2).sum()) <= float(((unclipped - w) ** 2).sum()) * (1 + 1e-5) + 1e-12
+
+
+def test_weight_int4_mode_writes_blocked_int4_weights_along_the_reduction_axis():
+    model, _ = cnn(opset=21)
+    g = lepton_ir.load(model)
+    result = Quantize(mode="weight-int4", block_size=16).run(g, PassContext())
+    assert result.stats == {"sites": 3, "activations": 0, "weights": 3, "blocked_weights": 3, "left_float": 0}
+    assert g.ir_version >= 10
+    for name, axis, blocks in (("conv1", 1, 1), ("conv2", 1, 1), ("head", 1, 16)):  # Gemm transB: [10, 256]
+        dq = next(n for n in g if n.name == name).inputs[1].producer
+        assert dq.op_type == "DequantizeLinear" and dq.attr("block_size") == 16 and dq.attr("axis") == axis
+        assert dq.inputs[0].const_value.numpy().dtype.name == "int4" and dq.inputs[1].shape[axis] == blocks
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    assert cosine([run_model(model, feeds)], [run_model(lepton_ir.to_onnx(g), feeds)]) >= 0.99
+    with pytest.raises(UserError, match="opset >= 21"):
+        Quantize(mode="weight-int4").run(lepton_ir.load(cnn()[0]), PassContext())
+    with pytest.raises(UserError, match="block_size"):
+        Quantize(mode="weight-int4", block_size=1).run(lepton_ir.load(model), PassContext())
 
 
 def test_weight_only_mode_leaves_activation_products_float():

@@ -155,3 +155,18 @@ def test_models_onnxruntime_quantized_compile_and_verify(form, digits, tmp_path)
         "QLinearConv", "QGemm", "ConvInteger"}
     expected = run_model(onnx.load(path), test)["logits"]
     assert (c.run(test)["logits"].argmax(1) == expected.argmax(1)).mean() >= 0.99
+
+
+def test_weight_int4_converts_the_model_to_opset_21_and_keeps_digits_accuracy(digits, tmp_path):
+    c = lepton.compile(DEMO, "x86", quantize="weight-int4", validation=batches(digits["train_images"], count=2),
+                       output_dir=tmp_path / "art")
+    assert c.manifest.policy.name == "int8" and c.verify_report is not None and c.verify_report.ok
+    assert any("converted from opset 17 to 21" in n for n in c.manifest.notes)
+    stats = next(p for p in c.passes if p["pass"] == "quantize")["stats"]
+    assert stats["blocked_weights"] + stats["left_float"] == 4 and stats["activations"] == 0
+    graph = onnx.load(tmp_path / "art" / "model.opt.onnx")
+    assert any(t.data_type == onnx.TensorProto.INT4 for t in graph.graph.initializer)
+    test = {"image": digits["test_images"]}
+    fp32 = accuracy(run_model(onnx.load(DEMO), test)["logits"], digits["test_labels"])
+    assert accuracy(c.run(test)["logits"], digits["test_labels"]) >= fp32 - 0.01
+    np.testing.assert_allclose(c.run(test)["logits"], run_model(graph, test)["logits"], rtol=1e-4, atol=1e-4)

@@ -92,8 +92,10 @@ def _float8_unsupported(node: Node) -> str | None:
     if not fp8:
         return None
     why = f"value {fp8[0].name!r} has element type {dtype_name(fp8[0].dtype)}"
-    if node.domain or node.op_type not in _FLOAT8_OPS or int(node.attr("block_size", 0) or 0):
-        return why + ": Lepton compiles float8 only in Cast, CastLike and per-tensor/per-axis (de)quantization"
+    if node.domain or node.op_type not in _FLOAT8_OPS:
+        return why + ": Lepton compiles float8 only in Cast, CastLike and (de)quantization"
+    if int(node.attr("block_size", 0) or 0) and node.op_type != "DequantizeLinear":
+        return why + ": Lepton quantizes to float8 per tensor or per axis only, not in blocks"
     x, y = node.inputs[0], node.outputs[0]
     if onnx.TensorProto.FLOAT8E8M0 in (x.dtype, y.dtype) and node.op_type not in ("Cast", "CastLike", "BitCast"):
         return why + ": FLOAT8E8M0 converts only in Cast and CastLike"
@@ -114,9 +116,11 @@ def _narrow_unsupported(node: Node) -> str | None:
     if not small:
         return None
     why = f"value {small[0].name!r} has element type {dtype_name(small[0].dtype)}"
-    if node.domain or node.op_type not in _FLOAT8_OPS - {"BitCast"} or int(node.attr("block_size", 0) or 0):
-        return why + ": Lepton compiles sub-byte types only in Cast, CastLike and per-tensor/per-axis (de)quantization"
+    if node.domain or node.op_type not in _FLOAT8_OPS - {"BitCast"}:
+        return why + ": Lepton compiles sub-byte types only in Cast, CastLike and (de)quantization"
     x, y = node.inputs[0], node.outputs[0]
+    if int(node.attr("block_size", 0) or 0) and node.op_type == "QuantizeLinear" and y.dtype == onnx.TensorProto.FLOAT4E2M1:
+        return why + ": Lepton quantizes to FLOAT4E2M1 per tensor or per axis only, not in blocks"
     if x.dtype in narrow.NARROW and y.dtype in narrow.NARROW:
         return why + ": casts between two sub-byte types are not compiled"
     other = y.dtype if x.dtype in narrow.NARROW else x.dtype

@@ -17,10 +17,13 @@ range; dequantization is `(x - zero_point) * scale`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto as T
+import tvm
 from tvm import relax
 from tvm.relax import op as R
 
@@ -150,8 +153,11 @@ def _encode_float4(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
 
 
 def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], attrs: dict) -> relax.Expr | None:
-    """The Relax expression for a node marked by `to_storage`, or None for the frontend's converter."""
+    """The Relax expression for a node marked by `to_storage` or a blocked (de)quantization, or None for the
+    frontend's converter."""
     ins, outs = list(attrs.get(IN_ATTR, ())), list(attrs.get(OUT_ATTR, ()))
+    if op in ("QuantizeLinear", "DequantizeLinear") and int(attrs.get("block_size", 0) or 0) > 0:
+        return _blocked(bb, op, inputs, attrs, ins[0] if ins else 0, outs[0] if outs else 0)
     if not any(ins) and not any(outs):
         return None
     src_t = ins[0] if ins else 0
@@ -204,3 +210,70 @@ def convert(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], at
             y = bb.emit(R.subtract(y, float8.per_axis(bb, z, rank, axis)))
         return bb.emit(R.multiply(y, float8.per_axis(bb, scale, rank, axis)))
     return None
+
+
+def _blocked(bb: relax.BlockBuilder, op: str, inputs: list[relax.Expr | None], attrs: dict, src_t: int,
+             out_t: int) -> relax.Expr:
+    """Blocked QuantizeLinear/DequantizeLinear (`block_size`; TVM's converter refuses it): ONNX's formulas with
+    each scale and zero point applied to its block along `axis`, the last block cut to the axis. Dequantized
+    in float32 (float64 for float64 scales), then cast to the scale's type; quantized to an integer type only.
+    The parameters are broadcast over a `[..., blocks, block, ...]` view, never repeated: on a constant (a
+    blocked int4 weight) constant folding then keeps them block-sized, and `lepton.codegen.weights` runs the
+    rest once, when the module is loaded."""
+    x, scale = inputs[0], inputs[1]
+    assert x is not None and scale is not None
+    zp = inputs[2] if len(inputs) > 2 else None
+    shape = x.ty.shape
+    rank = len(shape)
+    axis = int(attrs.get("axis", 1)) % rank
+    block = int(attrs["block_size"])
+    if not isinstance(shape[axis], int | tvm.tirx.IntImm):
+        raise ValueError(f"blocked (de)quantization needs a static size along axis {axis}; the input's shape is {list(shape)}")
+    size = int(shape[axis])
+
+    def per_block(fn: Any, y: relax.Expr, v: relax.Expr) -> relax.Expr:
+        """`fn(y, v)` with element `j` of `v` along `axis` applied to block `j` of `y`."""
+        whole = size // block
+        dims = [int(d) if isinstance(d, int | tvm.tirx.IntImm) else d for d in shape]
+        parts = []
+        if whole:
+            head = y if whole * block == size else bb.emit(R.strided_slice(y, [axis], [0], [whole * block]))
+            grouped = bb.emit(R.reshape(head, [*dims[:axis], whole, block, *dims[axis + 1:]]))
+            vh = v if int(v.ty.shape[axis]) == whole else bb.emit(R.strided_slice(v, [axis], [0], [whole]))
+            vh = bb.emit(R.expand_dims(vh, axis + 1))
+            parts.append(bb.emit(R.reshape(bb.emit(fn(grouped, vh)), [*dims[:axis], whole * block, *dims[axis + 1:]])))
+        if whole * block != size:  # the short last block
+            tail = bb.emit(R.strided_slice(y, [axis], [whole * block], [size]))
+            parts.append(bb.emit(fn(tail, bb.emit(R.strided_slice(v, [axis], [whole], [whole + 1])))))
+        return parts[0] if len(parts) == 1 else bb.emit(R.concat(parts, axis))
+
+    def decode(v: relax.Expr, t: int, work: str) -> relax.Expr:
+        if t == T.FLOAT4E2M1:
+            return _decode_float4(bb, v, work)
+        if float8.dtype_of(v) in float8.FORMATS:
+            return float8.decode(bb, v, work)
+        return bb.emit(R.astype(v, work))
+
+    def as_work(v: relax.Expr, work: str) -> relax.Expr:
+        return v if float8.dtype_of(v) == work else bb.emit(R.astype(v, work))
+
+    if op == "DequantizeLinear":
+        out = float8.dtype_of(scale)
+        work = "float64" if out == "float64" else "float32"
+        y = decode(x, src_t, work)
+        if zp is not None:
+            y = per_block(R.subtract, y, decode(zp, src_t, work))
+        y = per_block(R.multiply, y, as_work(scale, work))
+        return y if out == work else bb.emit(R.astype(y, out))
+    work = "float64" if float8.dtype_of(x) == "float64" else "float32"
+    if out_t in NARROW:
+        info, storage = ml_dtypes.iinfo(NARROW[out_t][0]), NARROW[out_t][2]
+    else:
+        storage = float8.dtype_of(zp) if zp is not None else (
+            onnx.helper.tensor_dtype_to_np_dtype(int(attrs["output_dtype"])).name if attrs.get("output_dtype") else "uint8")
+        info = np.iinfo(storage)
+    v = bb.emit(R.round(per_block(R.divide, as_work(x, work), as_work(scale, work))))
+    if zp is not None:
+        v = per_block(R.add, v, as_work(zp, work))
+    v = bb.emit(R.clip(v, int(info.min), int(info.max)))
+    return bb.emit(R.astype(v, storage))

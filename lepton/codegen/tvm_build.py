@@ -278,7 +278,7 @@ def relax_pipeline(target: Target, notes: list[str] | None = None) -> tvm.transf
 
 
 def _weights_note(values: list[tvm.runtime.Tensor]) -> layout_ops.StepNote:
-    stored = sum(int(np.prod(v.shape)) * tvm.DataType(str(v.dtype)).bits // 8 for v in values)
+    stored = sum(weights.stored_bytes(v) for v in values)
     floats = sum(int(np.prod(v.shape)) * 4 for v in values)
     return layout_ops.StepNote(
         f"{len(values)} quantized weight tensor(s) stored as integers ({stored / 1e6:.2f} MB instead of "

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 
 #: The function `LiftTransformParams` makes for `main`.
 TRANSFORM = "main_transform_params"
@@ -45,7 +45,8 @@ def lift_quantized_weights(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[tvm.ru
 
 @relax.expr_functor.mutator
 class _Lifter(relax.PyExprMutator):
-    """Replaces the integer constant data of each `relax.dequantize` by a new parameter (one per constant)."""
+    """Replaces the integer constant data of each dequantization (`_dequantizes`) by a new parameter (one per
+    constant)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -55,7 +56,7 @@ class _Lifter(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:  # noqa: D102 - PyExprMutator hook
         call = self.visit_expr_post_order(call)
-        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.dequantize"):
+        if not _dequantizes(call):
             return call
         data = call.args[0]
         if not isinstance(data, tvm.ir.expr.Constant) or not _narrow(data.value):
@@ -68,6 +69,16 @@ class _Lifter(relax.PyExprMutator):
             self.params.append(var)
             self.values.append(value)
         return relax.Call(call.op, [var, *call.args[1:]], call.attrs, call.ty_args)
+
+
+def _dequantizes(call: relax.Call) -> bool:
+    """Whether `call` turns integer codes (its first argument) into floats: `relax.dequantize`, or a cast of an
+    integer tensor to a float type (how `lepton.codegen.narrow` begins a blocked or sub-byte dequantization)."""
+    if not isinstance(call.op, tvm.ir.Op):
+        return False
+    if call.op.name == "relax.dequantize":
+        return True
+    return call.op.name == "relax.astype" and str(call.attrs.dtype).startswith(("float", "bfloat"))
 
 
 def _narrow(value: tvm.runtime.Tensor) -> bool:
@@ -109,15 +120,69 @@ def _impure(e: relax.Expr) -> bool:
 
 def bind_transform(mod: tvm.IRModule, values: list[tvm.runtime.Tensor]) -> tvm.IRModule:
     """After `lift_quantized_weights`: `LiftTransformParams` over `mod`, then `values` bound into the
-    transform function it made, which then takes no parameters. Run no constant folding afterwards: it
-    would fold the weights to float again."""
+    transform function it made, which then takes no parameters. A value whose every element fits in four
+    bits (int4 codes, which the codegen holds in int8, or uint4 ones in uint8) is stored two to a byte and
+    unpacked by a kernel of its own (`_unpack`) when the transform runs. Run no constant folding afterwards:
+    it would fold the weights to float again."""
     if not values:
         return mod
     lifted = relax.transform.LiftTransformParams()(mod)
     transform = lifted[TRANSFORM]
-    tuple_param = transform.params[0]
-    lifted[TRANSFORM] = transform.bind_params({tuple_param: relax.Tuple([relax.const(v) for v in values])})
-    return lifted
+    if not any(_nibbles(v.numpy()) for v in values):
+        lifted[TRANSFORM] = transform.bind_params({transform.params[0]: relax.Tuple([relax.const(v) for v in values])})
+        return lifted
+    rest = tvm.IRModule({gv: f for gv, f in lifted.functions_items() if gv.name_hint != TRANSFORM}, attrs=lifted.attrs)
+    bb = relax.BlockBuilder(rest)
+    inner = bb.add_func(transform.without_attr("global_symbol"), f"{TRANSFORM}_unpacked")
+    with bb.function(TRANSFORM, [], {"global_symbol": TRANSFORM}, pure=True):
+        args = []
+        for v in values:
+            array = v.numpy()
+            if _nibbles(array):
+                args.append(bb.emit_te(_unpack, relax.const(pack_nibbles(array)), array.shape, str(array.dtype),
+                                       primfunc_name_hint="unpack_int4"))
+            else:
+                args.append(relax.const(v))
+        bb.emit_func_output(bb.emit(relax.Call(inner, [bb.emit(relax.Tuple(args))])))
+    return bb.get()
+
+
+def stored_bytes(value: tvm.runtime.Tensor) -> int:
+    """The bytes `bind_transform` stores for one lifted value (half a byte per element where it packs them)."""
+    array = value.numpy()
+    return (array.size + 1) // 2 if _nibbles(array) else array.size * array.dtype.itemsize
+
+
+def _nibbles(array: np.ndarray) -> bool:
+    """Whether `array` is int8 within [-8, 7] or uint8 within [0, 15] (and worth packing: `MIN_BYTES` or more)."""
+    if array.dtype not in (np.int8, np.uint8) or array.size < MIN_BYTES:
+        return False
+    lo, hi = (-8, 7) if array.dtype == np.int8 else (0, 15)
+    return bool(array.min() >= lo and array.max() <= hi)
+
+
+def pack_nibbles(array: np.ndarray) -> np.ndarray:
+    """`array`'s elements (4-bit values held in bytes) two to a byte, in row-major order: element `2k` in the
+    low nibble of byte `k` (two's complement for int8), element `2k + 1` in the high one."""
+    low = (array.reshape(-1).astype(np.int16) & 0xF).astype(np.uint8)
+    if low.size % 2:
+        low = np.append(low, np.uint8(0))
+    return (low[0::2] | (low[1::2] << 4)).astype(np.uint8)
+
+
+def _unpack(packed: te.Tensor, shape: tuple[int, ...], dtype: str) -> te.Tensor:
+    """The inverse of `pack_nibbles`: the tensor of `shape` and `dtype` (int8: sign-extended from bit 3)."""
+    strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+
+    def element(*index: tirx.PrimExpr) -> tirx.PrimExpr:
+        flat = sum((i.astype("int64") * st for i, st in zip(index, strides, strict=True)), tirx.const(0, "int64"))
+        byte = packed[tirx.floordiv(flat, 2)].astype("int32")
+        nibble = tirx.bitwise_and(tirx.shift_right(byte, tirx.floormod(flat, 2).astype("int32") * 4), tirx.const(15, "int32"))
+        sign = tirx.bitwise_and(nibble, tirx.const(8, "int32")) * 2  # bit 3 is the sign of an int8 value
+        value = nibble - sign if dtype == "int8" else nibble
+        return value.astype(dtype)
+
+    return te.compute(shape, element, name="unpack_int4")
 
 
 def load_weights(vm: Any) -> tuple[Any, ...]:

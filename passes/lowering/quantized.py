@@ -19,8 +19,9 @@ quantized form Lepton's passes and codegen read (and the form onnxruntime recomm
 - `qlinear_unary` (com.microsoft): `QLinearSigmoid`, `QLinearLeakyRelu`, `QLinearGlobalAveragePool`,
   `QLinearAveragePool` (channels first) -> the float op.
 - `qlinear_concat` (com.microsoft): `QLinearConcat(ys, yz, x0, s0, z0, ...)` -> Concat of the dequantized inputs.
-- `blocked_qdq`: QuantizeLinear/DequantizeLinear with `block_size` (blocked int4/int8 weights; TVM's converter
-  refuses them) -> ONNX's formulas in float32 over scales and zero points repeated along the blocked axis.
+
+Blocked QuantizeLinear/DequantizeLinear (`block_size`) stay as they are: the codegen converts them itself
+(`lepton.codegen.narrow`), so that a blocked int4 weight stays packed in the compiled module.
 
 Numerics: the float op sees exactly the values onnxruntime's integer kernel multiplies; the results
 can differ from onnxruntime's by one quantization step where the float sum lands next to a rounding
@@ -245,69 +246,6 @@ class QLinearConcat(Rule):
         _swap(rw, node, b, _q(b, y, _per_tensor(b, ys), _per_tensor(b, yz), node.outputs[0]))
 
 
-_RANGES = {T.UINT8: (0, 255), T.INT8: (-128, 127), T.UINT16: (0, 65535), T.INT16: (-32768, 32767),
-           T.UINT4: (0, 15), T.INT4: (-8, 7), T.UINT2: (0, 3), T.INT2: (-2, 1)}
-
-
-class BlockedQDQ(Rule):
-    """QuantizeLinear/DequantizeLinear with `block_size` (TVM's converter refuses it): each scale and zero point,
-    cast to float32 first (Expand takes no 4-bit types), repeated over its block along `axis` (Unsqueeze -> Expand
-    -> Reshape -> Slice), then ONNX's formulas in float32: `(x - zp) * scale`, and `saturate(round(x / scale) + zp)` (Round is half to even)."""
-
-    name = "blocked_qdq"
-    op_types = ("QuantizeLinear", "DequantizeLinear")
-
-    def check(self, node: Node, graph: Graph) -> Match:
-        if int(node.attr("block_size", 0)) <= 0:
-            return failed("not blocked (per tensor or per axis: TVM converts it)")
-        for v in node.inputs[:3]:
-            if v is not None and (v.shape is None or not all(isinstance(d, int) for d in v.shape)):
-                return failed(f"{v.name!r} has no static shape")
-        out = node.outputs[0].dtype
-        if node.op_type == "QuantizeLinear" and out not in _RANGES:
-            return failed("the quantized type is not an integer type")
-        return matched()
-
-    def rewrite(self, rw: Rewriter, node: Node, m: Match) -> None:
-        b = _builder(node)
-        x, scale = node.inputs[0], node.inputs[1]
-        zp = node.inputs[2] if len(node.inputs) > 2 else None
-        axis = int(node.attr("axis", 1)) % len(x.shape)
-        size, block = x.shape[axis], int(node.attr("block_size"))
-
-        def spread(v: Value) -> Value:
-            """`v` ([..., blocks, ...]) with every element repeated `block` times along `axis`, cut to `size`."""
-            shape = list(v.shape)
-            wide = shape[: axis + 1] + [block] + shape[axis + 1 :]
-            u = b.Unsqueeze(v, b.const(np.array([axis + 1], np.int64)), dtype=v.dtype, shape=shape[: axis + 1] + [1] + shape[axis + 1 :])
-            e = b.Expand(u, b.const(np.array(wide, np.int64)), dtype=v.dtype, shape=wide)
-            flat = shape[:axis] + [shape[axis] * block] + shape[axis + 1 :]
-            r = b.Reshape(e, b.const(np.array(flat, np.int64)), dtype=v.dtype, shape=flat)
-            if flat[axis] == size:
-                return r
-            cut = flat[:axis] + [size] + flat[axis + 1 :]
-            return b.Slice(r, *(b.const(np.array([k], np.int64)) for k in (0, size, axis)), dtype=v.dtype, shape=cut)
-
-        def f32(v: Value) -> Value:
-            return v if v.dtype == T.FLOAT else b.Cast(v, to=T.FLOAT, dtype=T.FLOAT, shape=v.shape)
-
-        s = spread(f32(scale))
-        out = node.outputs[0]
-        if node.op_type == "DequantizeLinear":
-            v = f32(x)
-            if zp is not None:
-                v = b.Sub(v, spread(f32(zp)), dtype=T.FLOAT, shape=x.shape)
-            y = b.Mul(v, s, dtype=T.FLOAT, shape=x.shape)
-            _swap(rw, node, b, y if out.dtype == T.FLOAT else b.Cast(y, to=out.dtype, dtype=out.dtype, shape=x.shape))
-            return
-        lo, hi = _RANGES[out.dtype]
-        v = b.Round(b.Div(f32(x), s, dtype=T.FLOAT, shape=x.shape), dtype=T.FLOAT, shape=x.shape)
-        if zp is not None:
-            v = b.Add(v, spread(f32(zp)), dtype=T.FLOAT, shape=x.shape)
-        v = b.Clip(v, b.const(np.float32(lo)), b.const(np.float32(hi)), dtype=T.FLOAT, shape=x.shape)
-        _swap(rw, node, b, b.Cast(v, to=out.dtype, dtype=out.dtype, shape=x.shape))
-
-
 @register
 @dataclass(frozen=True)
 class LowerQuantizedOps(RewritePass):
@@ -316,7 +254,7 @@ class LowerQuantizedOps(RewritePass):
     name: ClassVar[str] = "lower-quantized-ops"
     summary: ClassVar[str] = "rewrite QOperator-form ops (QLinearConv, QLinearMatMul, ConvInteger, QGemm, ...) into QDQ form"
     rules: ClassVar[tuple[Rule, ...]] = (QLinearConv(), QLinearMatMul(), ConvInteger(), QGemm(), QLinearBinary(),
-                                         QLinearUnary(), QLinearConcat(), BlockedQDQ())
+                                         QLinearUnary(), QLinearConcat())
 
 
 def is_quantized(graph: Graph) -> bool:

@@ -26,7 +26,7 @@ import onnx
 import lepton_ir
 from lepton_ir import Graph, UserError
 from passes.ort import session
-from passes.quantize.sites import Activations, Scope, Site, apply, find_sites
+from passes.quantize.sites import Activations, Scope, Site, Weights, apply, find_sites
 
 Outputs = list[dict[str, np.ndarray]]
 Metric = Callable[[Outputs, Outputs], float]
@@ -114,6 +114,7 @@ def fit(
     exclude: Sequence[str] = (),
     scope: Scope = "static",
     progress: Callable[[str], None] | None = None,
+    weights: Weights = Weights(),
 ) -> tuple[list[Site], dict[str, str], list[str]]:
     """The sites to quantize, the ones returned to float (name -> why), and notes on what was reached.
     `sites` are `find_sites(graph, exclude, scope=scope)`, in its order."""
@@ -126,7 +127,7 @@ def fit(
     def trial(left_float: frozenset[int]) -> float:
         copy = lepton_ir.load(lepton_ir.to_onnx(graph))
         copy_sites, _ = find_sites(copy, exclude, scope=scope)
-        apply(copy, [s for k, s in enumerate(copy_sites) if k not in left_float], activations)
+        apply(copy, [s for k, s in enumerate(copy_sites) if k not in left_float], activations, weights)
         return budget.score(reference, _outputs(lepton_ir.to_onnx(copy), validation))
 
     full = trial(frozenset())

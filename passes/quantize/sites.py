@@ -16,7 +16,10 @@ What `apply` does to the graph (onnxruntime's QDQ format, which onnxruntime and 
 - A Gather of a large constant float32 table (an embedding, `MIN_TABLE` elements or more) reads it as
   int8 codes through a `DequantizeLinear`, per gathered slice (one scale per row) at opset >= 13, in
   every scope; its output stays float32. Gathers of activations (shape arithmetic) are not sites.
-- Weight-only (`scope="weights"`): the weights as above, every activation stays float32.
+- Weight-only (`scope="weights"`): the weights as above, every activation stays float32; or, with
+  `Weights(bits=4, block_size=B)`, each weight as int4 codes in [-7, 7] read by a blocked `DequantizeLinear`
+  (opset 21): one scale per B consecutive elements along the reduction axis (Conv's input channels, a MatMul's
+  rows, an embedding's columns), no zero point.
 - Graph outputs are never quantized; nothing else changes. A graph with no site is left untouched
   (`modified` false) and calibration does not run.
 """
@@ -37,7 +40,7 @@ from lepton_ir.functions import DOMAIN
 from lepton_ir.rewriter import Builder, Rewriter
 
 from passes.fusion.activation import FUSED_OPS
-from passes.quantize.params import ActivationType, QParams, activation_params, quantize_weight
+from passes.quantize.params import ActivationType, QParams, activation_params, quantize_block_weight, quantize_weight
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 ALREADY = "already quantized (it reads a DequantizeLinear)"
@@ -52,12 +55,22 @@ MIN_TABLE = 4096
 @dataclass(frozen=True)
 class Site:
     """One node to quantize: which of its inputs are activations, and its constant weight (input
-    `weight_input`: 1, or 0 for a Gather's table) if any."""
+    `weight_input`: 1, or 0 for a Gather's table) if any, with the axis of its per-channel scales and the
+    axis its blocks run along (the one the op reduces over)."""
 
     node: Node
     activations: tuple[int, ...]
     weight_axis: int | None | Literal["none"]  # "none": the node has no constant weight
     weight_input: int = 1
+    block_axis: int = 0
+
+
+@dataclass(frozen=True)
+class Weights:
+    """How constant weights are stored: int8 (per channel), or with `bits=4` int4 in blocks of `block_size`."""
+
+    bits: Literal[8, 4] = 8
+    block_size: int = 0
 
 
 def kind(node: Node) -> str | None:
@@ -115,7 +128,7 @@ def find_sites(graph: Graph, exclude: Iterable[str] = (), *, scope: Scope = "sta
             sites.append(Site(node, (0, 1), "none"))  # activation x activation (attention scores)
             continue
         axis = _weight_axis(node, op, weight.ndim) if per_channel else None
-        sites.append(Site(node, () if scope == "weights" else (0,), axis))
+        sites.append(Site(node, () if scope == "weights" else (0,), axis, block_axis=_reduce_axis(node, op, weight.ndim)))
     return sites, skipped
 
 
@@ -132,7 +145,8 @@ def _table_site(graph: Graph, node: Node, patterns: tuple[str, ...], per_channel
     if value is None or value.ndim < 2 or value.size < MIN_TABLE:
         return None
     axis = int(node.attr("axis", 0)) % value.ndim
-    return Site(node, (), axis if per_channel else None, weight_input=0)
+    columns = value.ndim - 1 if axis != value.ndim - 1 else value.ndim - 2  # blocks run within each gathered slice
+    return Site(node, (), axis if per_channel else None, weight_input=0, block_axis=columns)
 
 
 def _weight_axis(node: Node, op: str, rank: int) -> int | None:
@@ -143,6 +157,17 @@ def _weight_axis(node: Node, op: str, rank: int) -> int | None:
     if op == "Gemm":
         return 0 if int(node.attr("transB", 0)) else 1
     return rank - 1 if rank >= 1 else None  # MatMul: one scale per output column
+
+
+def _reduce_axis(node: Node, op: str, rank: int) -> int:
+    """The axis of the weight `op` sums over (where int4 blocks run)."""
+    if op == "Conv":
+        return 1
+    if op == "ConvTranspose":
+        return 0
+    if op == "Gemm":
+        return 1 if int(node.attr("transB", 0)) else 0
+    return rank - 2 if rank >= 2 else 0  # MatMul (and Attention's packed weight): the rows
 
 
 def activation_names(sites: Sequence[Site]) -> list[str]:
@@ -165,13 +190,14 @@ class Activations:
     kind: ActivationType = "uint8"
 
 
-def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict[str, int]:
-    """Rewrite `sites` into QDQ form; counts by kind."""
+def apply(graph: Graph, sites: Sequence[Site], activations: Activations, weights: Weights = Weights()) -> dict[str, int]:
+    """Rewrite `sites` into QDQ form, weights stored as `weights` says; counts by kind."""
     rw = Rewriter()
     b = Builder(graph, "quant")
     dq: dict[int, Value] = {}  # float value id -> its dequantized copy
-    weights: dict[tuple[int, int | None], Value] = {}
-    stats = {"sites": 0, "activations": 0, "weights": 0, "per_channel_weights": 0}
+    dequantized: dict[tuple[int, int | None], Value] = {}  # (weight value id, axis) -> its DequantizeLinear
+    blocked = weights.bits == 4
+    stats = {"sites": 0, "activations": 0, "weights": 0, ("blocked_weights" if blocked else "per_channel_weights"): 0}
     for s in sites:
         node = s.node
         for i in s.activations:
@@ -185,14 +211,21 @@ def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict
         if s.weight_axis != "none":
             w = node.inputs[s.weight_input]
             assert w is not None
-            key = (id(w), s.weight_axis)
-            if key not in weights:
+            key = (id(w), s.block_axis if blocked else s.weight_axis)
+            if key not in dequantized:
                 arr = constant_value(graph, w)
                 assert arr is not None
-                codes, p = quantize_weight(arr, s.weight_axis)
-                weights[key] = _dequantize(b, b.const(codes, "w"), p, w.shape)
+                if blocked:
+                    codes, p = quantize_block_weight(arr, s.block_axis, weights.block_size)
+                    dequantized[key] = b.op("DequantizeLinear", [b.const(codes, "w"), b.const(p.scale, "scale")],
+                                            {"axis": s.block_axis, "block_size": weights.block_size}, dtype=T.FLOAT,
+                                            shape=w.shape)
+                    stats["blocked_weights"] += 1
+                else:
+                    codes, p = quantize_weight(arr, s.weight_axis)
+                    dequantized[key] = _dequantize(b, b.const(codes, "w"), p, w.shape)
+                    stats["per_channel_weights"] += int(s.weight_axis is not None)
                 stats["weights"] += 1
-                stats["per_channel_weights"] += int(s.weight_axis is not None)
         new_nodes = list(b.nodes)
         b.nodes.clear()
         if new_nodes:
@@ -200,7 +233,8 @@ def apply(graph: Graph, sites: Sequence[Site], activations: Activations) -> dict
         for i in s.activations:
             rw.set_input(node, i, dq[id(node.inputs[i])])
         if s.weight_axis != "none":
-            rw.set_input(node, s.weight_input, weights[(id(node.inputs[s.weight_input]), s.weight_axis)])
+            w = node.inputs[s.weight_input]
+            rw.set_input(node, s.weight_input, dequantized[(id(w), s.block_axis if blocked else s.weight_axis)])
         stats["sites"] += 1
     return stats
 
