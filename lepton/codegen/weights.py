@@ -73,12 +73,16 @@ class _Lifter(relax.PyExprMutator):
 
 def _dequantizes(call: relax.Call) -> bool:
     """Whether `call` turns integer codes (its first argument) into floats: `relax.dequantize`, or a cast of an
-    integer tensor to a float type (how `lepton.codegen.narrow` begins a blocked or sub-byte dequantization)."""
+    8-bit integer tensor to a float type (how `lepton.codegen.narrow` begins a blocked or sub-byte
+    dequantization). Wider integer constants cast to float (index and mask tables of float models) stay
+    constants: lifting them would change a float model's kernels."""
     if not isinstance(call.op, tvm.ir.Op):
         return False
     if call.op.name == "relax.dequantize":
         return True
-    return call.op.name == "relax.astype" and str(call.attrs.dtype).startswith(("float", "bfloat"))
+    source = call.args[0].ty
+    return (call.op.name == "relax.astype" and str(call.attrs.dtype).startswith(("float", "bfloat"))
+            and str(getattr(source, "dtype", "")) in ("int8", "uint8"))
 
 
 def _narrow(value: tvm.runtime.Tensor) -> bool:
