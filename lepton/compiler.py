@@ -47,7 +47,7 @@ from passes.base import parse_pipeline
 from passes.lowering.quantized import is_quantized
 from passes.quantize import Quantize
 from passes.quantize.budget import Budget
-from passes.quantize.static import DEFAULT_BLOCK, INT4_IR, INT4_OPSET
+from passes.quantize.static import DEFAULT_BLOCK, INT4_IR, INT4_OPSET, MODES
 
 Progress = Callable[[str], None]
 ModelLike = Any  # path, bytes, onnx.ModelProto, lepton_ir.Graph or torch.nn.Module
@@ -238,10 +238,6 @@ code at near-ties (for example inside DynamicQuantizeLinear), which moves the ou
 VERIFY_BATCHES = 4
 """A quantized module is verified on this many validation (else calibration) batches by default. The budget
 reads all of them, so they are held in memory."""
-
-
-#: The quantization modes `compile(quantize=)` takes (the `quantize` pass's `mode`).
-MODES = ("int8", "dynamic", "weight-int8", "weight-int4")
 
 
 def quantize_plan(graph: Graph, mode: str | None, calibration: InputsLike | None, budget: str | Budget | None,

@@ -314,13 +314,8 @@ def test_int4_blocks_cover_their_range_and_beat_unclipped_scales(w, axis, block)
     step = np.take(np.repeat(p.scale, block, axis=axis), np.arange(w.shape[axis]), axis=axis)
     inside = np.abs(w) <= 7 * step
     assert (np.abs(back - w)[inside] <= step[inside] / 2 * (1 + 1e-5) + 1e-30).all()
-    import passes.quantize.params as params
-    saved = params.CLIP_RATIOS
-    try:
-        params.CLIP_RATIOS = np.array([1.0], np.float32)
-        unclipped = dequantize(*quantize_block_weight(w, axis, block))
-    finally:
-        params.CLIP_RATIOS = saved
+    plain = block_weight_params(w, axis, block, ratios=np.array([1.0], np.float32))  # max|w| / 7: nothing clipped
+    unclipped = dequantize(quantize(w, plain), plain)
     assert float(((back - w) ** 2).sum()) <= float(((unclipped - w) ** 2).sum()) * (1 + 1e-5) + 1e-12
 
 

@@ -132,7 +132,8 @@ def bind_transform(mod: tvm.IRModule, values: list[tvm.runtime.Tensor]) -> tvm.I
         return mod
     lifted = relax.transform.LiftTransformParams()(mod)
     transform = lifted[TRANSFORM]
-    if not any(_nibbles(v.numpy()) for v in values):
+    arrays = [v.numpy() for v in values]
+    if not any(_nibbles(a) for a in arrays):
         lifted[TRANSFORM] = transform.bind_params({transform.params[0]: relax.Tuple([relax.const(v) for v in values])})
         return lifted
     rest = tvm.IRModule({gv: f for gv, f in lifted.functions_items() if gv.name_hint != TRANSFORM}, attrs=lifted.attrs)
@@ -140,8 +141,7 @@ def bind_transform(mod: tvm.IRModule, values: list[tvm.runtime.Tensor]) -> tvm.I
     inner = bb.add_func(transform.without_attr("global_symbol"), f"{TRANSFORM}_unpacked")
     with bb.function(TRANSFORM, [], {"global_symbol": TRANSFORM}, pure=True):
         args = []
-        for v in values:
-            array = v.numpy()
+        for v, array in zip(values, arrays, strict=True):
             if _nibbles(array):
                 args.append(bb.emit_te(_unpack, relax.const(pack_nibbles(array)), array.shape, str(array.dtype),
                                        primfunc_name_hint="unpack_int4"))
@@ -158,8 +158,8 @@ def stored_bytes(value: tvm.runtime.Tensor) -> int:
 
 
 def _nibbles(array: np.ndarray) -> bool:
-    """Whether `array` is int8 within [-8, 7] or uint8 within [0, 15] (and worth packing: `MIN_BYTES` or more)."""
-    if array.dtype not in (np.int8, np.uint8) or array.size < MIN_BYTES:
+    """Whether `array` is int8 within [-8, 7] or uint8 within [0, 15]."""
+    if array.dtype not in (np.int8, np.uint8):
         return False
     lo, hi = (-8, 7) if array.dtype == np.int8 else (0, 15)
     return bool(array.min() >= lo and array.max() <= hi)

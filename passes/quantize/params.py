@@ -81,10 +81,10 @@ def weight_params(w: np.ndarray, axis: int | None) -> QParams:
 CLIP_RATIOS = np.linspace(1.0, 0.5, 11, dtype=np.float32)
 
 
-def block_weight_params(w: np.ndarray, axis: int, block: int) -> QParams:
+def block_weight_params(w: np.ndarray, axis: int, block: int, ratios: np.ndarray = CLIP_RATIOS) -> QParams:
     """Symmetric int4 parameters for `w`, one scale per `block` elements along `axis` (ONNX's blocked
     quantization: block `j` holds elements `j * block .. (j + 1) * block - 1` of the axis). Each block's scale
-    is `ratio * max|w| / 7` for the ratio of `CLIP_RATIOS` with the least squared error over the block (ratio 1:
+    is `ratio * max|w| / 7` for the ratio of `ratios` with the least squared error over the block (ratio 1:
     the block's range, nothing clipped; smaller: the largest weights saturate at +-7 steps)."""
     if block < 1:
         raise ValueError(f"block size {block} must be positive")
@@ -97,7 +97,7 @@ def block_weight_params(w: np.ndarray, axis: int, block: int) -> QParams:
     bound = np.abs(grouped).max(axis=-1) if grouped.size else np.zeros(grouped.shape[:-1], np.float32)
     best = np.full(bound.shape, np.inf, np.float32)
     scale = np.ones(bound.shape, np.float32)
-    for ratio in CLIP_RATIOS:
+    for ratio in ratios:
         trial = np.where(bound > _TINY, bound * ratio / np.float32(7.0), np.float32(1.0)).astype(np.float32)
         q = np.clip(np.rint(grouped / trial[..., None]), -7, 7)
         err = ((q * trial[..., None] - grouped) ** 2).sum(axis=-1)

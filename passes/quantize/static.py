@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import lepton_ir
 from lepton_ir import Graph, UserError
@@ -24,6 +24,9 @@ from passes.quantize.sites import ALREADY, Activations, Scope, Weights, activati
 #: weight-int4's block. Measured (bench.quantize): 64 keeps the weights at 0.14x of float32 and cosine to fp32 within
 #: 0.001 of block 32 (0.16x); onnxruntime's MatMulNBits quantizer defaults to 128 (0.135x, a little less accurate).
 DEFAULT_BLOCK = 64
+Mode = Literal["int8", "dynamic", "weight-int8", "weight-int4"]
+#: The quantization modes (`compile(quantize=)` takes the same).
+MODES: tuple[str, ...] = get_args(Mode)
 #: Opset and IR version of int4 and blocked DequantizeLinear.
 INT4_OPSET, INT4_IR = 21, 10
 
@@ -46,7 +49,7 @@ class Quantize(Pass):
                               "or of their weights only (int8, or int4 in blocks)")
     repeat: ClassVar[bool] = False
 
-    mode: Literal["int8", "dynamic", "weight-int8", "weight-int4"] = "int8"
+    mode: Mode = "int8"
     activations: ActivationType = "uint8"
     method: Method = "minmax"
     percentile: float = 99.99
